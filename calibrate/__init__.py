@@ -1,0 +1,1 @@
+"""simcal.calibrate: cache reader, samplers, heads, losses and the head trainer."""

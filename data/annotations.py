@@ -1,0 +1,253 @@
+"""Load and validate LVIS (v0.5, v1) and COCO instance annotation files.
+
+A file is checked once, on load, so that later stages can trust it: every
+problem a user can fix becomes one :class:`~simcal.data.errors.InputError`
+sentence naming the file, the offending record and the fix.
+
+Formats accepted:
+- COCO ``instances_*.json``: images carry ``file_name``; ``iscrowd`` annotations
+  with RLE (``counts`` as a list) are allowed.
+- LVIS v0.5: like COCO plus ``neg_category_ids`` / ``not_exhaustive_category_ids``
+  per image and ``frequency`` per category.
+- LVIS v1: images carry ``coco_url`` instead of ``file_name``; the file name is the
+  URL's last two path parts (``train2017/000000391895.jpg``), as detectron2 does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simcal.data.categories import CategoryMapping
+from simcal.data.errors import InputError, input_error
+
+_TOP_KEYS = ("images", "annotations", "categories")
+_FIX_ANN = "fix the annotation file (LVIS/COCO instance format)"
+
+
+@dataclass
+class Annotations:
+    """A validated LVIS/COCO instance annotation file.
+
+    Attributes:
+        path: the file it came from.
+        images: image records in file order; each has ``file_name`` (relative to the image root).
+        annotations: instance records in file order.
+        categories: category records in ascending id order.
+        mapping: category id <-> contiguous label (1..C).
+        info: the file's ``info`` dict ({} when absent).
+        fingerprint: sha256 of the file bytes (stored in checkpoints and caches).
+    """
+
+    path: Path
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    mapping: CategoryMapping
+    info: dict[str, Any]
+    fingerprint: str
+    is_lvis: bool
+    _anns_by_image: dict[int, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _image_by_id: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        return self._image_by_id[image_id]
+
+    def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
+        """Annotations of one image, in file order ([] when it has none)."""
+        return self._anns_by_image.get(image_id, [])
+
+    def image_path(self, image: dict[str, Any], root: str | os.PathLike) -> Path:
+        """The image file under ``root``; the name was checked not to escape it at load."""
+        return Path(root) / image["file_name"]
+
+
+def _fingerprint(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+def _safe_file_name(path: Path, img: dict[str, Any]) -> str:
+    name = img.get("file_name")
+    if name is None:
+        url = img.get("coco_url")
+        if not isinstance(url, str) or not url:
+            raise input_error(path, f"image {img['id']} has neither 'file_name' nor 'coco_url'", _FIX_ANN)
+        name = "/".join(url.rstrip("/").split("/")[-2:])
+    if not isinstance(name, str) or not name:
+        raise input_error(path, f"image {img['id']} has an empty or non-string file_name", _FIX_ANN)
+    # Reject names that would read outside the image root, on any OS.
+    unix = name.replace("\\", "/")
+    if unix.startswith("/") or (len(unix) > 1 and unix[1] == ":") or posixpath.isabs(unix):
+        raise input_error(
+            path, f"image {img['id']} file_name {name!r} is an absolute path",
+            "file names must be relative to the image root",
+        )
+    if ".." in unix.split("/"):
+        raise input_error(
+            path, f"image {img['id']} file_name {name!r} escapes the image root with '..'",
+            "file names must stay inside the image root",
+        )
+    return posixpath.normpath(unix)
+
+
+def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any]) -> None:
+    seg = ann["segmentation"]
+    aid = ann["id"]
+    if isinstance(seg, list):
+        if not seg:
+            raise input_error(path, f"annotation {aid} has an empty polygon list", _FIX_ANN)
+        for poly in seg:
+            if (
+                not isinstance(poly, list)
+                or len(poly) < 6
+                or len(poly) % 2
+                or not all(_is_number(v) for v in poly)
+            ):
+                raise input_error(
+                    path, f"annotation {aid} has a bad polygon (need an even number >= 6 of finite coordinates)",
+                    _FIX_ANN,
+                )
+        return
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if (
+            not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(v, int) and v > 0 for v in size)
+            or not isinstance(counts, (str, list))
+            or (isinstance(counts, list) and not all(isinstance(v, int) and v >= 0 for v in counts))
+        ):
+            raise input_error(
+                path, f"annotation {aid} has a bad RLE segmentation (need 'size': [h, w] and 'counts')", _FIX_ANN
+            )
+        h, w = img.get("height"), img.get("width")
+        if size != [h, w]:
+            raise input_error(
+                path, f"annotation {aid} RLE size {size} differs from its image's [height, width] [{h}, {w}]",
+                _FIX_ANN,
+            )
+        return
+    raise input_error(path, f"annotation {aid} segmentation is neither polygons nor RLE", _FIX_ANN)
+
+
+def _check_unique(path: Path, records: list[dict[str, Any]], what: str) -> None:
+    seen: set = set()
+    for r in records:
+        if not isinstance(r, dict) or "id" not in r:
+            raise input_error(path, f"a record in '{what}' is missing key 'id'", _FIX_ANN)
+        rid = r["id"]
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            raise input_error(path, f"'{what}' id {rid!r} is not an integer", _FIX_ANN)
+        if rid in seen:
+            raise input_error(path, f"duplicate id {rid} in '{what}'", "ids must be unique")
+        seen.add(rid)
+
+
+def _require(path: Path, rec: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
+    for k in keys:
+        if k not in rec:
+            raise input_error(path, f"{what} {rec.get('id', '?')} is missing key '{k}'", _FIX_ANN)
+
+
+def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
+    """Validate the bytes of an annotation file; ``path`` only names it in messages."""
+    path = Path(path)
+    try:
+        d = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise input_error(path, f"is not valid JSON{where} (truncated or corrupt?)", "re-download or regenerate it")
+    if not isinstance(d, dict):
+        raise input_error(path, "top level is not a JSON object", _FIX_ANN)
+    for k in _TOP_KEYS:
+        if k not in d:
+            raise input_error(path, f"is missing top-level key '{k}'", _FIX_ANN)
+        if not isinstance(d[k], list):
+            raise input_error(path, f"top-level '{k}' is not a list", _FIX_ANN)
+    images, anns, cats = d["images"], d["annotations"], d["categories"]
+    for recs, what in ((cats, "categories"), (images, "images"), (anns, "annotations")):
+        _check_unique(path, recs, what)
+
+    cat_ids = set()
+    for c in cats:
+        _require(path, c, ("name",), "category")
+        cat_ids.add(c["id"])
+    is_lvis = False
+    for img in images:
+        _require(path, img, ("height", "width"), "image")
+        if not (isinstance(img["height"], int) and isinstance(img["width"], int) and img["height"] > 0 and img["width"] > 0):
+            raise input_error(path, f"image {img['id']} has a non-positive or non-integer height/width", _FIX_ANN)
+        img["file_name"] = _safe_file_name(path, img)
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            if key in img:
+                is_lvis = True
+                ids = img[key]
+                if not isinstance(ids, list):
+                    raise input_error(path, f"image {img['id']} '{key}' is not a list", _FIX_ANN)
+                unknown = [c for c in ids if c not in cat_ids]
+                if unknown:
+                    raise input_error(
+                        path, f"image {img['id']} '{key}' names unknown category id {unknown[0]}",
+                        "every id must be in 'categories'",
+                    )
+    image_by_id = {img["id"]: img for img in images}
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for a in anns:
+        _require(path, a, ("image_id", "category_id", "bbox"), "annotation")
+        img = image_by_id.get(a["image_id"])
+        if img is None:
+            raise input_error(path, f"annotation {a['id']} refers to unknown image id {a['image_id']}", _FIX_ANN)
+        if a["category_id"] not in cat_ids:
+            raise input_error(
+                path, f"annotation {a['id']} refers to unknown category id {a['category_id']}", _FIX_ANN
+            )
+        box = a["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)
+        if box[2] <= 0 or box[3] <= 0:
+            raise input_error(
+                path, f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
+                "fix or drop that annotation",
+            )
+        if "segmentation" in a:
+            _check_segmentation(path, a, img)
+        by_image.setdefault(a["image_id"], []).append(a)
+    cats_sorted = sorted(cats, key=lambda c: c["id"])
+    return Annotations(
+        path=path,
+        images=images,
+        annotations=anns,
+        categories=cats_sorted,
+        mapping=CategoryMapping.from_categories(cats_sorted),
+        info=d.get("info") if isinstance(d.get("info"), dict) else {},
+        fingerprint=_fingerprint(raw),
+        is_lvis=is_lvis,
+        _anns_by_image=by_image,
+        _image_by_id=image_by_id,
+    )
+
+
+def load_annotations(path: str | os.PathLike) -> Annotations:
+    """Read and validate an annotation file; raises :class:`InputError` on any problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise input_error(path, "does not exist", "check the path")
+    except IsADirectoryError:
+        raise input_error(path, "is a directory, not an annotation json file", "pass the json file")
+    except OSError as e:
+        raise input_error(path, f"cannot be read ({e.strerror})")
+    return parse_annotations(raw, path)
+
+
+__all__ = ["Annotations", "InputError", "load_annotations", "parse_annotations"]

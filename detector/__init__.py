@@ -1,0 +1,1 @@
+"""simcal.detector: torchvision Mask R-CNN builders, checkpoints and baseline training."""

@@ -1,0 +1,1 @@
+"""simcal.infer: reattach calibrated heads, dual-head / post-hoc scoring, results json."""

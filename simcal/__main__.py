@@ -1,0 +1,5 @@
+import sys
+
+from simcal.cli import main
+
+sys.exit(main())

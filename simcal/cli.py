@@ -1,0 +1,66 @@
+"""``simcal <command>``: one CLI over the pipeline stages.
+
+Each stage folder has a ``cli.py`` with ``add_parser(subparsers)`` that imports
+nothing heavy; the parser stores the stage's ``main(args)`` as ``args.func``.
+Heavy libraries (torch, zarr, pycocotools) are imported inside those ``main``
+functions, so ``simcal --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from simcal import __version__
+
+# (module, commands it registers) in pipeline order; the order is the --help order.
+_STAGE_CLIS = (
+    "simcal.data.cli",
+    "simcal.detector.cli",
+    "simcal.extract.cli",
+    "simcal.calibrate.cli",
+    "simcal.infer.cli",
+    "simcal.evaluate.cli",
+    "simcal.demo",
+)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simcal",
+        description=(
+            "SimCal: fix the classification bias of a trained Mask R-CNN toward frequent "
+            "classes. Pipeline: data -> train -> extract (feature cache) -> calibrate "
+            "(retrain the classification head from the cache) -> infer (dual head) -> evaluate."
+        ),
+        epilog="Run 'simcal <command> --help' for the inputs and outputs of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"simcal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    for name in _STAGE_CLIS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simcal.data.errors import InputError
+
+    parser = get_args_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        rc = args.func(args)
+    except InputError as e:
+        print(f"simcal {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"simcal {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0 if rc is None else int(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
