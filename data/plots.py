@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simcal.data.statistics import BIN_EDGES, bin_labels
+from simcal.data.statistics import BIN_EDGES, bin_labels, instance_bin
 
 
 def plot_instance_distribution(summary: dict[str, Any], out: str | os.PathLike) -> Path:
@@ -21,7 +21,6 @@ def plot_instance_distribution(summary: dict[str, Any], out: str | os.PathLike) 
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
     colours = {1: "#d62728", 2: "#ff7f0e", 3: "#2ca02c", 4: "#1f77b4"}
     labels = bin_labels(scheme)
-    from simcal.data.statistics import instance_bin
 
     xs = range(len(counts))
     bar_colours = [colours[instance_bin(n, scheme)] for n in counts]
@@ -34,9 +33,11 @@ def plot_instance_distribution(summary: dict[str, Any], out: str | os.PathLike) 
     ax.set_ylabel("training instances (log)")
     ax.set_title(f"{Path(summary['file']).name}: {summary['num_categories']} categories, "
                  f"{summary['num_instances']} instances")
-    for b, col in colours.items():
-        ax.bar([], [], color=col, label=f"bin {b} ({labels[b]}): {summary['bins'][str(b)]} classes")
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=col, label=f"bin {b} ({labels[b]}): {summary['bins'][str(b)]} classes")
+               for b, col in colours.items()]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
