@@ -1,13 +1,78 @@
-"""``simcal train``: baseline Mask R-CNN training (issue [3/6])."""
+"""``simcal train``: baseline Mask R-CNN training (flags only; the loop is in train.py)."""
 
-from simcal.pending import add_pending_command
+from __future__ import annotations
+
+import argparse
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = p.add_argument_group("data (one of --data, or --train-ann with --images)")
+    d.add_argument("--data", metavar="DIR", help="a folder written by 'simcal data synth' (uses its train split)")
+    d.add_argument("--train-ann", metavar="FILE", help="LVIS/COCO train annotation json")
+    d.add_argument("--images", metavar="DIR", help="image root for --train-ann")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", choices=("tiny", "r50_fpn"), default="tiny",
+                   help="tiny: CPU-sized, for the synthetic benchmark; r50_fpn: the paper's Mask R-CNN")
+    m.add_argument("--class-agnostic", action="store_true",
+                   help="one box regressor and one mask channel for all classes (the paper's r50-ag)")
+    m.add_argument("--backbone-weights", metavar="FILE",
+                   help="r50_fpn only: local ImageNet ResNet-50 state_dict (nothing is downloaded)")
+
+    o = p.add_argument_group("optimisation (SGD, linear warm-up, two x0.1 steps)")
+    o.add_argument("--iters", type=int, default=3000, help="training iterations (default 3000)")
+    o.add_argument("--batch-size", type=int, default=16, help="images per iteration over all processes (default 16)")
+    o.add_argument("--lr", type=float, default=0.02, help="base learning rate (default 0.02)")
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--weight-decay", type=float, default=1e-4)
+    o.add_argument("--warmup", type=int, default=200, help="linear warm-up iterations (default 200)")
+    o.add_argument("--lr-steps", default="0.75,0.92",
+                   help="fractions of --iters where lr drops x0.1 (default 0.75,0.92)")
+    o.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm, 0 = off (default 10)")
+    o.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability (default 0.5)")
+
+    lt = p.add_argument_group("long-tail strategies (paper Table 2)")
+    lt.add_argument("--sampler", choices=("uniform", "repeat-factor"), default="uniform",
+                    help="image sampling: uniform, or LVIS repeat-factor sampling (IS)")
+    lt.add_argument("--rfs-t", type=float, default=0.001, help="repeat-factor threshold t (default 0.001)")
+    lt.add_argument("--cls-loss", choices=("ce", "reweight", "focal", "margin"), default="ce",
+                    help="second-stage classification loss: ce, reweight (LR), focal (FL), margin (CM)")
+    lt.add_argument("--focal-gamma", type=float, default=2.0)
+    lt.add_argument("--reweight-n", type=float, default=None,
+                    help="N in w_j = N / N_j (default: median class instance count)")
+    lt.add_argument("--margin-k", type=float, default=None,
+                    help="K in D_j = K / N_j^(1/4) (default: largest margin 0.5)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--out", required=True, metavar="CKPT", help="final checkpoint path (e.g. runs/tiny.pth)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true", help="continue from CKPT.resume.pth after an interruption")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    r.add_argument("--checkpoint-every", type=int, default=250, help="iterations between resume points")
+    r.add_argument("--log-every", type=int, default=20, help="iterations between JSONL log lines")
+    r.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes per rank (default: 0 on CPU, where they compete with the "
+                   "compute threads for the cores; 4 on CUDA)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
+    return p
 
 
 def add_parser(sub) -> None:
-    add_pending_command(
-        sub, "train", "train a baseline Mask R-CNN (tiny or r50_fpn)",
-        "Train a torchvision Mask R-CNN on LVIS/COCO-format data.\n"
-        "Inputs: --data DIR (from 'simcal data synth') or --train-ann FILE --images DIR.\n"
-        "Output: a self-describing checkpoint (arch, weights, category mapping).",
-        "[3/6]",
+    p = sub.add_parser(
+        "train",
+        help="train a baseline Mask R-CNN (tiny or r50_fpn)",
+        description="Train a torchvision Mask R-CNN on LVIS/COCO-format data. Inputs: --data DIR (from "
+        "'simcal data synth') or --train-ann FILE --images DIR. Outputs: CKPT (self-describing: arch, "
+        "weights, category mapping and statistics, annotation fingerprint, these arguments), "
+        "CKPT.resume.pth while running, CKPT.log.jsonl (losses, lr, speed) and CKPT.config.json. "
+        "Data-parallel: 'torchrun --nproc_per_node N -m simcal train ...' (gloo on CPU, nccl on GPU).",
     )
+    add_train_arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.detector.train import main
+
+        return main(args)
+
+    p.set_defaults(func=run)

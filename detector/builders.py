@@ -1,0 +1,119 @@
+"""Mask R-CNN builders on torchvision's detection machinery; nothing is ever downloaded.
+
+``build(arch, num_classes, class_agnostic=False, **kw)`` with ``num_classes`` = C
+foreground classes (the model has C + 1 outputs, 0 = background):
+
+- ``r50_fpn``: ``maskrcnn_resnet50_fpn``'s architecture (the paper's model): ResNet-50
+  with frozen BatchNorm + FPN-256, box head ``TwoMLPHead`` 12544 -> 1024 -> 1024.
+  ImageNet backbone weights only from a local file (``backbone_weights=PATH``).
+- ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
+  images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
+  over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (DESIGN.md §8.1).
+
+Both use LVIS test settings by default: score threshold 1e-4, NMS 0.5, 300
+detections per image (``box_score_thresh``, ``box_nms_thresh``,
+``box_detections_per_img`` override them). ``class_agnostic=True`` shares one box
+regressor and one mask channel across classes (:mod:`simcal.detector.class_agnostic`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHS = ("tiny", "r50_fpn")
+
+LVIS_TEST_SETTINGS = {"box_score_thresh": 1e-4, "box_nms_thresh": 0.5, "box_detections_per_img": 300}
+
+
+def _tiny(num_classes: int, **kw: Any) -> nn.Module:
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from simcal.detector.tiny_backbone import TinyBackboneWithFPN
+
+    fpn = kw.pop("fpn_channels", 64)
+    rep = kw.pop("representation_size", 256)
+    backbone = TinyBackboneWithFPN(out_channels=fpn)
+    names = ["0", "1", "2", "3"]
+    settings = dict(
+        min_size=128, max_size=128,
+        rpn_anchor_generator=AnchorGenerator(((8,), (16,), (32,), (64,)), ((0.5, 1.0, 2.0),) * 4),
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300,
+        rpn_batch_size_per_image=128,
+        box_roi_pool=MultiScaleRoIAlign(names, 7, sampling_ratio=1, canonical_scale=64),
+        box_head=TwoMLPHead(fpn * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_batch_size_per_image=64,
+        mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=1, canonical_scale=64),
+        mask_head=MaskRCNNHeads(fpn, [64, 64], 1),
+        mask_predictor=MaskRCNNPredictor(64, 64, num_classes + 1),
+    )
+    settings.update(LVIS_TEST_SETTINGS)
+    settings.update(kw)
+    # Custom predictors: torchvision wants num_classes=None then.
+    return MaskRCNN(backbone, num_classes=None, **settings)
+
+
+def _load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
+    from simcal.data.errors import input_error
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise input_error(path, "does not exist", "pass a local ResNet-50 ImageNet state_dict file")
+    except Exception as e:  # corrupt, truncated, or not a torch file
+        raise input_error(path, f"is not a readable torch state_dict ({type(e).__name__})")
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    missing, unexpected = body.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")},
+                                               strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing:
+        raise input_error(path, f"is not a ResNet-50 state_dict (missing {len(missing)} keys, e.g. {missing[0]!r})")
+
+
+def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_nn_ops
+
+    weights = kw.pop("backbone_weights", None)
+    trainable = kw.pop("trainable_backbone_layers", 3)
+    body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    if weights:
+        _load_backbone_weights(body, weights)
+    backbone = _resnet_fpn_extractor(body, trainable)
+    settings = dict(LVIS_TEST_SETTINGS)
+    settings.update(kw)
+    return MaskRCNN(backbone, num_classes=num_classes + 1, **settings)
+
+
+def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) -> nn.Module:
+    """A torchvision ``MaskRCNN`` with :class:`LongTailRoIHeads`; see the module docstring."""
+    from simcal.detector.class_agnostic import AgnosticFastRCNNPredictor, AgnosticMaskRCNNPredictor
+    from simcal.detector.roi_heads import use_long_tail_roi_heads
+
+    if arch == "tiny":
+        model = _tiny(num_classes, **kw)
+    elif arch == "r50_fpn":
+        model = _r50_fpn(num_classes, **kw)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    if class_agnostic:
+        heads = model.roi_heads
+        rep = heads.box_predictor.cls_score.in_features
+        heads.box_predictor = AgnosticFastRCNNPredictor(rep, num_classes + 1)
+        mp = heads.mask_predictor
+        heads.mask_predictor = AgnosticMaskRCNNPredictor(mp.conv5_mask.in_channels, mp.conv5_mask.out_channels,
+                                                         num_classes + 1)
+    use_long_tail_roi_heads(model)
+    return model

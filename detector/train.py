@@ -1,0 +1,241 @@
+"""Baseline detector training: a flat loop in the style of torchvision's detection references.
+
+    simcal train --data runs/demo/data --arch tiny --iters 3000 --out runs/demo/tiny.pth
+    torchrun --nproc_per_node 2 -m simcal train ...        # DDP: gloo on CPU, nccl on GPU
+
+SGD with momentum, linear warm-up then x0.1 steps (one LambdaLR), gradient
+clipping, AMP on CUDA. Every ``--checkpoint-every`` iterations rank 0 writes
+``OUT.resume.pth`` (weights, optimizer, scheduler, scaler, RNG); ``--resume``
+continues from it and, because the image stream and the RNG are restored, ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simcal.data.errors import input_error
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from simcal.detector.cli import add_train_arguments
+
+    return add_train_arguments(argparse.ArgumentParser("simcal train", add_help=add_help))
+
+
+def _dist() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SIMCAL_DIST_BACKEND") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_data(args: argparse.Namespace, split: str = "train") -> tuple[Path, Path]:
+    """(annotation file, image root) from --data DIR or --train-ann/--ann + --images."""
+    ann_flag = getattr(args, "train_ann", None) or getattr(args, "ann", None)
+    if args.data and ann_flag:
+        raise input_error(None, "pass either --data or an annotation file with --images, not both")
+    if args.data:
+        root = Path(args.data)
+        ann = root / "annotations" / f"{split}.json"
+        if not ann.is_file():
+            raise input_error(root, f"has no annotations/{split}.json", "pass a folder written by 'simcal data synth'")
+        return ann, root / "images" / split
+    if not ann_flag or not args.images:
+        raise input_error(None, "no training data given", "pass --data DIR, or an annotation file with --images DIR")
+    return Path(ann_flag), Path(args.images)
+
+
+def lr_factor(it: int, warmup: int, steps: list[int]) -> float:
+    """Linear warm-up from 0.001 to 1 over ``warmup`` iterations, then x0.1 at each step."""
+    w = 1.0 if it >= warmup else 0.001 + (1 - 0.001) * it / max(warmup, 1)
+    return w * 0.1 ** sum(it >= s for s in steps)
+
+
+def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _builder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"class_agnostic": bool(args.class_agnostic)}
+    return kw
+
+
+def main(args: argparse.Namespace) -> int:
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from simcal.data.annotations import load_annotations
+    from simcal.data.detection_dataset import DetectionDataset, collate
+    from simcal.data.statistics import category_statistics
+    from simcal.detector.builders import build
+    from simcal.detector.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
+    from simcal.detector.losses import build_classification_loss
+    from simcal.detector.samplers import TrainingSampler, repeat_factors
+
+    if args.iters <= 0 or args.batch_size <= 0:
+        raise input_error(None, "--iters and --batch-size must be positive")
+    if args.arch != "r50_fpn" and args.backbone_weights:
+        raise input_error(args.backbone_weights, "--backbone-weights applies to --arch r50_fpn only")
+    rank, world, local_rank = _dist()
+    if args.batch_size % world:
+        raise input_error(None, f"--batch-size {args.batch_size} is not divisible by {world} processes")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    amp = use_cuda if args.amp == "auto" else args.amp == "on"
+    if amp and not use_cuda:
+        raise input_error(None, "--amp on needs CUDA; use --amp off or auto on CPU")
+
+    out = Path(args.out)
+    resume_path = out.with_name(out.name + ".resume.pth")
+    log_path = out.with_name(out.name + ".log.jsonl")
+    ann_path, image_root = resolve_data(args)
+    ann = load_annotations(ann_path)
+    if out.exists() and not args.overwrite:
+        if args.resume:
+            done = read_checkpoint(out)
+            if done.get("annotation_fingerprint") == ann.fingerprint and done.get("iteration") == args.iters:
+                if rank == 0:
+                    print(f"{out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
+                return 0
+        raise input_error(out, "already exists", "pass --overwrite to replace it, or choose another --out")
+
+    dataset = DetectionDataset(ann, image_root, flip_prob=args.flip, seed=args.seed)
+    if rank == 0:
+        dataset.check_files()
+    stats = category_statistics(ann)
+    counts = [c["instance_count"] for c in stats]
+
+    torch.manual_seed(args.seed)
+    builder_kwargs = _builder_kwargs(args)
+    extra = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
+    model = build(args.arch, ann.mapping.num_classes, **builder_kwargs, **extra)
+    if args.cls_loss != "ce":
+        model.roi_heads.cls_loss = build_classification_loss(
+            args.cls_loss, counts, gamma=args.focal_gamma, n=args.reweight_n, k=args.margin_k
+        )
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    steps = [int(float(s) * args.iters) for s in args.lr_steps.split(",") if s.strip()]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, args.warmup, steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    start_iter, rng_state = 0, None
+    if args.resume and resume_path.exists():
+        state = read_checkpoint(resume_path)
+        if state["annotation_fingerprint"] != ann.fingerprint or state["train_args"].get("arch") != args.arch:
+            raise input_error(resume_path, "was written for other data or another arch",
+                              "delete it or re-run with the original arguments")
+        model.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"])
+        start_iter, rng_state = state["iteration"], ts["rng"]
+        if rank == 0:
+            print(f"resuming from {resume_path} at iteration {start_iter}", file=sys.stderr)
+
+    per_rank = args.batch_size // world
+    workers = args.workers if args.workers is not None else (4 if use_cuda else 0)
+    factors = None
+    if args.sampler == "repeat-factor":
+        cats = [[a["category_id"] for a in ann.annotations_of(img["id"])] for img in ann.images]
+        factors = repeat_factors(cats, args.rfs_t)
+    sampler = TrainingSampler(len(dataset), args.seed, rank, world, factors, start=start_iter * per_rank)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                        collate_fn=collate, persistent_workers=workers > 0, pin_memory=use_cuda)
+    batches = iter(loader)
+    if rng_state is not None:  # after the loader consumed its seed, as in the uninterrupted run
+        torch.set_rng_state(rng_state)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cfg = {**_plain_args(args), "world_size": world, "device": str(device), "amp": amp,
+               "annotations": str(ann_path), "annotation_fingerprint": ann.fingerprint,
+               "cls_loss_config": getattr(model.roi_heads.cls_loss, "config", lambda: {"name": "ce"})(),
+               "repeat_factor_images": None if factors is None else float(factors.sum())}
+        out.with_name(out.name + ".config.json").write_text(json.dumps(cfg, indent=2))
+        if start_iter == 0 and log_path.exists():
+            log_path.unlink()
+
+    def checkpoint(iteration: int, with_state: bool) -> dict[str, Any]:
+        ck = make_checkpoint(model, args.arch, builder_kwargs, ann.mapping,
+                             [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
+                              for c in stats], ann.fingerprint, _plain_args(args), iteration)
+        if with_state:
+            ck["train_state"] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "scaler": scaler.state_dict(), "rng": torch.get_rng_state()}
+        return ck
+
+    bar = tqdm(total=args.iters, initial=start_iter, desc=f"train {args.arch}", unit="it",
+               disable=rank != 0 or None, dynamic_ncols=True)
+    t_start, t_last = time.perf_counter(), time.perf_counter()
+    for it in range(start_iter, args.iters):
+        images, targets = next(batches)
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, enabled=amp):
+            losses = ddp(images, targets)
+        loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise input_error(None, f"the training loss became {loss.item()} at iteration {it}",
+                              "lower --lr or check the annotations")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+        lr_used = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        bar.update(1)
+        done = it + 1
+        if rank == 0 and (done % args.log_every == 0 or done == args.iters):
+            now = time.perf_counter()
+            rec = {"iter": done, "lr": lr_used, "loss": loss.item(),
+                   **{k: v.item() for k, v in losses.items()},
+                   "s_per_iter": (now - t_last) / min(args.log_every, done - start_iter)}
+            t_last = now
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", cls=f"{rec['loss_classifier']:.3f}")
+        if done % args.checkpoint_every == 0 and done < args.iters:
+            if rank == 0:
+                save_checkpoint(checkpoint(done, True), resume_path)
+            if world > 1:
+                torch.distributed.barrier()
+    bar.close()
+    if rank == 0:
+        save_checkpoint(checkpoint(args.iters, False), out)
+        resume_path.unlink(missing_ok=True)
+        took = time.perf_counter() - t_start
+        print(f"wrote {out} ({args.iters - start_iter} iterations in {took:.0f} s, "
+              f"{took / max(args.iters - start_iter, 1):.3f} s/it)", file=sys.stderr)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,141 @@
+"""Detector builders (tiny, r50_fpn, class-agnostic), the loss hook, checkpoints."""
+
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+from simcal.data import CategoryMapping, InputError
+from simcal.detector.builders import build
+from simcal.detector.checkpoint import (check_categories, load_checkpoint, make_checkpoint, read_checkpoint,
+                                        save_checkpoint)
+from simcal.detector.losses import build_classification_loss
+
+
+def _batch(size=128, n=2):
+    images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+    targets = []
+    for i in range(n):
+        masks = torch.zeros(2, size, size, dtype=torch.uint8)
+        masks[0, 10:40, 12:50] = 1
+        masks[1, 60:90, 70:100] = 1
+        targets.append({"boxes": torch.tensor([[12.0, 10, 50, 40], [70, 60, 100, 90]]),
+                        "labels": torch.tensor([1 + i, 3]), "masks": masks})
+    return images, targets
+
+
+@pytest.mark.parametrize("arch,agnostic", [("tiny", False), ("tiny", True), ("r50_fpn", False), ("r50_fpn", True)])
+def test_builders_train_and_eval(arch, agnostic):
+    torch.manual_seed(0)
+    kw = {"min_size": 128, "max_size": 128} if arch == "r50_fpn" else {}
+    model = build(arch, 5, class_agnostic=agnostic, **kw)
+    heads = model.roi_heads
+    assert heads.box_predictor.cls_score.out_features == 6  # C + 1
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (1e-4, 0.5, 300)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(images[:1])[0]
+    assert out["boxes"].shape[1] == 4 and out["masks"].shape[1:] == (1, 128, 128)
+    assert len(out["boxes"]) <= 300 and out["labels"].min() >= 1
+    if arch == "r50_fpn":
+        assert heads.box_head.fc6.in_features == 256 * 7 * 7  # the paper's 12544-d tap
+    else:
+        assert heads.box_head.fc6.in_features == 64 * 7 * 7
+
+
+def test_class_agnostic_heads_share_one_regressor_and_mask():
+    torch.manual_seed(0)
+    model = build("tiny", 5, class_agnostic=True)
+    heads = model.roi_heads
+    assert heads.box_predictor.bbox_pred.out_features == 4
+    assert heads.mask_predictor.mask_fcn_logits.out_channels == 1
+    x = torch.randn(3, 256)
+    scores, deltas = heads.box_predictor(x)
+    d = deltas.reshape(3, 6, 4)
+    assert torch.equal(d, d[:, :1].expand(-1, 6, -1))
+    m = heads.mask_predictor(torch.randn(2, 64, 7, 7))
+    assert m.shape == (2, 6, 14, 14) and torch.equal(m[:, 2], m[:, 5])
+    images, targets = _batch()
+    model.train()
+    sum(model(images, targets).values()).backward()
+    assert heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
+
+
+def test_loss_hook_replaces_only_the_classifier_loss():
+    images, targets = _batch()
+    results = {}
+    for name in ("builtin", "ce", "focal"):
+        torch.manual_seed(0)
+        model = build("tiny", 5)
+        if name != "builtin":
+            model.roi_heads.cls_loss = build_classification_loss(name)
+        model.train()
+        torch.manual_seed(1)
+        results[name] = {k: v.item() for k, v in model(images, targets).items()}
+    # Our CE through the hook equals torchvision's fastrcnn_loss on the same sampled RoIs.
+    assert results["ce"] == pytest.approx(results["builtin"], rel=1e-5)
+    assert results["focal"]["loss_classifier"] < results["ce"]["loss_classifier"]
+    assert results["focal"]["loss_box_reg"] == pytest.approx(results["ce"]["loss_box_reg"], rel=1e-5)
+    assert callable(fastrcnn_loss)
+
+
+def _ckpt(tmp_path, arch="tiny"):
+    torch.manual_seed(0)
+    model = build(arch, 3, class_agnostic=True)
+    mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
+    ck = make_checkpoint(model, arch, {"class_agnostic": True}, mapping,
+                         [{"id": 4, "name": "a", "instance_count": 3, "image_count": 2, "frequency": "r"}],
+                         "sha256:x", {"iters": 1}, 1)
+    return model, save_checkpoint(ck, tmp_path / "m.pth")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, path = _ckpt(tmp_path)
+    loaded, ck = load_checkpoint(path)
+    assert ck["arch"] == "tiny" and ck["categories"]["ids"] == [4, 8, 15]
+    assert ck["detector_fingerprint"].startswith("sha256:")
+    images, _ = _batch(n=1)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(images)[0], loaded(images)[0]
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    assert type(loaded.roi_heads.box_predictor).__name__ == "AgnosticFastRCNNPredictor"
+    # weights_only loading: the file holds nothing but plain containers and tensors
+    torch.load(path, weights_only=True)
+
+
+def test_corrupt_foreign_and_mismatched_checkpoints_are_refused(tmp_path):
+    _, path = _ckpt(tmp_path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="trunc.pth: is not a readable checkpoint"):
+        read_checkpoint(tmp_path / "trunc.pth")
+    torch.save({"model": 1}, tmp_path / "foreign.pth")
+    with pytest.raises(InputError, match="is not a SimCal detector checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pth")
+    ck = torch.load(path, weights_only=True)
+    ck["arch"] = "r50_fpn"
+    torch.save(ck, tmp_path / "wrong_arch.pth")
+    with pytest.raises(InputError, match="weights do not match its arch 'r50_fpn'"):
+        load_checkpoint(tmp_path / "wrong_arch.pth")
+    with pytest.raises(InputError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(InputError, match="has 2 categories but checkpoint"):
+        check_categories(ck, CategoryMapping((4, 8), ("a", "b")), path, "val.json")
+
+
+def test_r50_backbone_weights_come_from_a_local_file_only(tmp_path):
+    from torchvision.models import resnet50
+
+    torch.manual_seed(3)
+    sd = resnet50().state_dict()
+    torch.save(sd, tmp_path / "r50.pth")
+    model = build("r50_fpn", 2, backbone_weights=str(tmp_path / "r50.pth"))
+    assert torch.equal(model.backbone.body.conv1.weight, sd["conv1.weight"])
+    (tmp_path / "bad.pth").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="is not a readable torch state_dict"):
+        build("r50_fpn", 2, backbone_weights=str(tmp_path / "bad.pth"))

@@ -1,0 +1,84 @@
+"""`simcal train`: outputs, resume after kill -9, long-tail flags, torchrun data-parallel, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from conftest import run_simcal
+
+from simcal.detector.checkpoint import load_checkpoint
+
+FAST = ["--arch", "tiny", "--batch-size", "2", "--warmup", "2", "--log-every", "1"]
+
+
+def _train(bench, out, *extra):
+    return run_simcal("train", "--data", bench, "--out", out, *FAST, *extra)
+
+
+def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path):
+    out = tmp_path / "tiny.pth"
+    r = _train(quick_bench, out, "--iters", "4", "--checkpoint-every", "2", "--sampler", "repeat-factor",
+               "--cls-loss", "reweight")
+    assert r.returncode == 0, r.stderr
+    model, ck = load_checkpoint(out)
+    assert ck["iteration"] == 4 and ck["train_args"]["cls_loss"] == "reweight"
+    assert [c["instance_count"] for c in ck["category_stats"]][:3] == [2, 14, 101]
+    log = [json.loads(line) for line in (tmp_path / "tiny.pth.log.jsonl").read_text().splitlines()]
+    assert [rec["iter"] for rec in log] == [1, 2, 3, 4] and all("loss_classifier" in rec for rec in log)
+    assert log[0]["lr"] < log[1]["lr"] < log[2]["lr"] == 0.02 and log[3]["lr"] < 0.02  # warm-up, then x0.1
+    cfg = json.loads((tmp_path / "tiny.pth.config.json").read_text())
+    assert cfg["cls_loss_config"]["name"] == "reweight" and cfg["repeat_factor_images"] > 1178
+    assert not (tmp_path / "tiny.pth.resume.pth").exists()
+    # A finished run is not redone; an existing output is not overwritten by accident.
+    again = _train(quick_bench, out, "--iters", "4", "--resume", "--sampler", "repeat-factor", "--cls-loss",
+                   "reweight")
+    assert again.returncode == 0 and "already trained" in again.stderr
+    clash = _train(quick_bench, out, "--iters", "4")
+    assert clash.returncode == 2 and "already exists" in clash.stderr and "Traceback" not in clash.stderr
+
+
+def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path):
+    args = ["--iters", "10", "--checkpoint-every", "2"]
+    ref = tmp_path / "ref.pth"
+    assert _train(quick_bench, ref, *args).returncode == 0
+    out = tmp_path / "killed.pth"
+    resume = tmp_path / "killed.pth.resume.pth"
+    p = subprocess.Popen([sys.executable, "-m", "simcal", "train", "--data", str(quick_bench), "--out", str(out),
+                          *FAST, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not resume.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert resume.exists() and not out.exists()
+    r = _train(quick_bench, out, *args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+    a, b = torch.load(ref, weights_only=True), torch.load(out, weights_only=True)
+    assert a["detector_fingerprint"] == b["detector_fingerprint"]
+
+
+def test_torchrun_two_process_gloo(quick_bench, tmp_path):
+    out = tmp_path / "ddp.pth"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "simcal", "train", "--data", str(quick_bench), "--out", str(out), "--arch", "tiny",
+                        "--batch-size", "4", "--iters", "3", "--warmup", "1", "--checkpoint-every", "2",
+                        "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, ck = load_checkpoint(out)
+    assert ck["iteration"] == 3
+    assert json.loads((tmp_path / "ddp.pth.config.json").read_text())["world_size"] == 2
+
+
+def test_bad_training_input_is_one_sentence(tmp_path, quick_bench):
+    r = run_simcal("train", "--data", tmp_path / "nothing", "--out", tmp_path / "x.pth")
+    assert r.returncode == 2 and "has no annotations/train.json" in r.stderr and "Traceback" not in r.stderr
+    r = run_simcal("train", "--out", tmp_path / "x.pth")
+    assert r.returncode == 2 and "no training data given" in r.stderr
+    r = run_simcal("train", "--data", quick_bench, "--out", tmp_path / "x.pth", "--backbone-weights", "w.pth")
+    assert r.returncode == 2 and "applies to --arch r50_fpn only" in r.stderr
