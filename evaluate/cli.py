@@ -1,13 +1,121 @@
 """``simcal evaluate``: LVIS-protocol metrics with the paper's bins (issue [2/6])."""
 
-from simcal.pending import add_pending_command
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    add_pending_command(
-        sub, "evaluate", "LVIS AP, APr/c/f and the paper's AP1-AP4 bins",
-        "Evaluate LVIS results json against ground truth with the LVIS protocol, plus the\n"
-        "paper's instance-count bins from the training annotations.\n"
-        "Inputs: --gt VAL.json --results RESULTS.json --train-ann TRAIN.json. Output: METRICS.json.",
-        "[2/6]",
+    p = sub.add_parser(
+        "evaluate",
+        help="LVIS AP, APr/c/f and the paper's AP1-AP4 bins; compare metric files",
+        description=(
+            "Evaluate LVIS results json against ground truth with the LVIS protocol (federated: "
+            "neg_category_ids / not_exhaustive_category_ids; at most N detections per image; AP over "
+            "IoU .50:.95; APr/c/f from the ground truth's category frequency) plus the paper's AP1-AP4 "
+            "from the training instance count of each class (lvis bins: <10, 10-100, 100-1000, >=1000; "
+            "coco-lt bins: <20, 20-400, 400-8000, >=8000). Prints a markdown table in percent; writes "
+            "METRICS.json ({\"bbox\": {...}, \"segm\": {...}, \"config\": {...}}, fractions, -1 for an "
+            "empty group) with --out.\n\n"
+            "Compare mode: simcal evaluate --compare A.json B.json ... prints metric files side by side."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--gt", metavar="VAL.json", help="ground-truth annotations (LVIS or COCO format)")
+    p.add_argument("--results", metavar="RESULTS.json", help="detections: a JSON list of LVIS result records")
+    p.add_argument("--train-ann", metavar="TRAIN.json", help="training annotations (instance counts -> AP1-AP4 bins)")
+    p.add_argument("--iou-type", choices=("bbox", "segm", "both"),
+                   help="box AP, mask AP, or both (default: both when every result has a segmentation, else bbox)")
+    p.add_argument("--bins", choices=("lvis", "coco-lt"), default="lvis", help="instance-count bin edges (default lvis)")
+    p.add_argument("--backend", choices=("fast", "lvis"), default="fast",
+                   help="fast: faster-coco-eval (default); lvis: the lvis package's LVISEval (the reference)")
+    p.add_argument("--max-dets", type=int, metavar="N",
+                   help="detections kept per image, highest scores (default: the ground truth's "
+                   "info.max_dets_per_image if present, else 300 as LVIS)")
+    p.add_argument("--out", metavar="METRICS.json", help="write the metrics (and the resolved config) here")
+    p.add_argument("--per-class", metavar="OUT.csv", help="write per-category AP with train counts, frequency and bin")
+    p.add_argument("--compare", nargs="+", metavar="METRICS.json", help="print these metric files side by side and exit")
+    p.add_argument("--labels", nargs="+", metavar="NAME", help="row names for --compare (default: file names)")
+    p.set_defaults(func=run)
+
+
+def _write_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _warn(msg: str) -> None:
+    print(f"simcal evaluate: warning: {msg}", file=sys.stderr)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from simcal.data.errors import InputError
+    from simcal.evaluate.tables import compare_table, load_metrics
+
+    stray = [f"--{n.replace('_', '-')}" for n in ("gt", "results", "train_ann", "out", "per_class") if getattr(args, n)]
+    if stray:
+        raise InputError(f"--compare prints existing metric files and takes no {', '.join(stray)}; drop them or run without --compare.")
+    docs = [load_metrics(f) for f in args.compare]
+    if args.labels is not None and len(args.labels) != len(args.compare):
+        raise InputError(f"--labels has {len(args.labels)} names for {len(args.compare)} files; give one name per file.")
+    labels = args.labels or [Path(f).stem for f in args.compare]
+    print(compare_table(docs, labels))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from simcal.data.errors import InputError
+
+    if args.compare:
+        return run_compare(args)
+    if args.labels:
+        raise InputError("--labels only names the rows of --compare; drop it or add --compare.")
+    missing = [f"--{n.replace('_', '-')}" for n in ("gt", "results", "train_ann") if not getattr(args, n)]
+    if missing:
+        raise InputError(
+            f"missing {', '.join(missing)}; run 'simcal evaluate --gt VAL.json --results RESULTS.json "
+            "--train-ann TRAIN.json' (or 'simcal evaluate --compare A.json B.json')."
+        )
+
+    from simcal.data.annotations import load_annotations
+    from simcal.evaluate.evaluator import default_iou_types, evaluate_results
+    from simcal.evaluate.inputs import read_results, resolve_max_dets
+    from simcal.evaluate.tables import metrics_table, per_class_csv
+
+    gt = load_annotations(args.gt)
+    max_dets, source = resolve_max_dets(args.max_dets, gt)
+    train = load_annotations(args.train_ann)
+    results = read_results(args.results)
+    if args.iou_type is None:
+        iou_types = default_iou_types(results)
+    else:
+        iou_types = ("bbox", "segm") if args.iou_type == "both" else (args.iou_type,)
+    print(f"evaluation cap: {max_dets} detections per image ({source}); iou types: "
+          f"{', '.join(iou_types)}; backend: {args.backend}", file=sys.stderr)
+    report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
+    report.config["max_dets_source"] = source
+    for w in report.warnings:
+        _warn(w)
+    doc = report.to_json()
+    print(metrics_table(doc))
+    if args.out:
+        _write_atomic(args.out, json.dumps(doc, indent=1) + "\n")
+        print(f"\nwrote {args.out}", file=sys.stderr)
+    if args.per_class:
+        _write_atomic(args.per_class, per_class_csv(report.per_class))
+        print(f"wrote {args.per_class}", file=sys.stderr)
+    return 0
