@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -31,16 +30,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from simcal.detector.cli import add_train_arguments
 
     return add_train_arguments(argparse.ArgumentParser("simcal train", add_help=add_help))
-
-
-def _dist() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SIMCAL_DIST_BACKEND") != "gloo" else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def resolve_data(args: argparse.Namespace, split: str = "train") -> tuple[Path, Path]:
@@ -84,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.statistics import category_statistics
     from simcal.detector.builders import build
     from simcal.detector.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
+    from simcal.detector.distributed import init_distributed
     from simcal.detector.losses import build_classification_loss
     from simcal.detector.samplers import TrainingSampler, repeat_factors
 
@@ -91,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         raise input_error(None, "--iters and --batch-size must be positive")
     if args.arch != "r50_fpn" and args.backbone_weights:
         raise input_error(args.backbone_weights, "--backbone-weights applies to --arch r50_fpn only")
-    rank, world, local_rank = _dist()
+    rank, world, local_rank = init_distributed()
     if args.batch_size % world:
         raise input_error(None, f"--batch-size {args.batch_size} is not divisible by {world} processes")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

@@ -13,14 +13,18 @@ def add_parser(sub) -> None:
         "evaluate",
         help="LVIS AP, APr/c/f and the paper's AP1-AP4 bins; compare metric files",
         description=(
-            "Evaluate LVIS results json against ground truth with the LVIS protocol (federated: "
-            "neg_category_ids / not_exhaustive_category_ids; at most N detections per image; AP over "
-            "IoU .50:.95; APr/c/f from the ground truth's category frequency) plus the paper's AP1-AP4 "
-            "from the training instance count of each class (lvis bins: <10, 10-100, 100-1000, >=1000; "
-            "coco-lt bins: <20, 20-400, 400-8000, >=8000). Prints a markdown table in percent; writes "
-            "METRICS.json ({\"bbox\": {...}, \"segm\": {...}, \"config\": {...}}, fractions, -1 for an "
-            "empty group) with --out.\n\n"
-            "Compare mode: simcal evaluate --compare A.json B.json ... prints metric files side by side."
+            "Evaluate LVIS results json against ground truth with the LVIS protocol\n"
+            "(federated: neg_category_ids / not_exhaustive_category_ids; at most N detections\n"
+            "per image; AP over IoU .50:.95; APr/c/f from the ground truth's category\n"
+            "frequency) plus the paper's AP1-AP4 from each class's training instance count\n"
+            "(lvis bins: <10, 10-100, 100-1000, >=1000; coco-lt: <20, 20-400, 400-8000, >=8000).\n\n"
+            "Inputs: --gt VAL.json --results RESULTS.json --train-ann TRAIN.json.\n"
+            "Output: a markdown table in percent (AP1 AP2 AP3 AP4 APr APc APf AP) on stdout;\n"
+            "with --out, METRICS.json = {\"bbox\": {...}, \"segm\": {...}, \"config\": {...}}\n"
+            "(fractions, -1 for an empty group); with --per-class, per-category AP as CSV.\n"
+            "Bad input: one sentence on stderr, exit code 2.\n\n"
+            "Compare mode: simcal evaluate --compare A.json B.json ... prints metric files\n"
+            "side by side (the paper's Table-3 layout). See docs/evaluate.md."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

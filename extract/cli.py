@@ -1,19 +1,83 @@
-"""``simcal extract`` and ``simcal cache``: the feature cache (issue [4/6])."""
+"""``simcal extract`` and ``simcal cache {info,verify,export}`` (flags only; work in extract.py, cache_tools.py)."""
 
-from simcal.pending import add_pending_command
+from __future__ import annotations
+
+import argparse
 
 
 def add_parser(sub) -> None:
-    add_pending_command(
-        sub, "extract", "dump per-proposal RoI features to a zarr cache",
-        "Run a frozen detector once over the training images and store, per proposal, the\n"
-        "RoIAlign feature, label and IoU in a chunked zarr store indexed by class.\n"
-        "Inputs: --checkpoint CKPT and a dataset. Output: CACHE.zarr.",
-        "[4/6]",
+    p = sub.add_parser(
+        "extract",
+        help="dump per-proposal RoI features of a frozen detector to a zarr cache",
+        description="Run a frozen detector once over a dataset and store, per selected proposal, the "
+        "RoIAlign feature (the box head's input), label, IoU and box in a sharded zarr v3 store indexed "
+        "by class and image (schema: simcal.extract.schema). Per image: RPN proposals + GT boxes, "
+        "labelled by max IoU with GT (fg >= --fg-iou); up to --fg-per-gt rows per GT (the GT box "
+        "always) and up to --bg-per-image background rows, drawn with a seeded generator. "
+        "Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR). Output: "
+        "CACHE.zarr, complete or absent; OUT.parts/ holds finished parts while running. Re-running "
+        "the same command resumes; 'torchrun --nproc_per_node N -m simcal extract ...' splits the "
+        "work with an identical result.",
     )
-    add_pending_command(
-        sub, "cache", "inspect, verify or export a feature cache",
-        "Subcommands info / verify / export (h5py) over a feature cache.\n"
-        "Input: CACHE.zarr. Output: a report, or OUT.h5.",
-        "[4/6]",
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint from 'simcal train'")
+    p.add_argument("--data", metavar="DIR", help="a folder written by 'simcal data synth'")
+    p.add_argument("--split", default="train", help="split of --data (default train)")
+    p.add_argument("--ann", metavar="FILE", help="LVIS/COCO annotation json (instead of --data)")
+    p.add_argument("--images", metavar="DIR", help="image root for --ann")
+    p.add_argument("--out", required=True, metavar="CACHE.zarr", help="output cache folder")
+    p.add_argument("--fg-per-gt", type=int, default=8,
+                   help="foreground rows per GT, the GT box included (default 8)")
+    p.add_argument("--bg-per-image", type=int, default=32,
+                   help="background rows per image and view (default 32: with 8 fg rows per GT, a 16-class "
+                   "bi-level batch reaches fg:bg = 1:1 from its own images' background)")
+    p.add_argument("--fg-iou", type=float, default=0.5, help="foreground IoU threshold (default 0.5)")
+    p.add_argument("--flip", action="store_true", help="also store a horizontally flipped view of every image")
+    p.add_argument("--dtype", choices=("float16", "int8"), default="float16",
+                   help="feature storage: float16, or int8 with a per-row scale (half the disk)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
+    p.add_argument("--images-per-part", type=int, default=256,
+                   help="images per resumable part; a part's rows are held in memory (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="image-loading processes (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache or unfinished parts with other parameters")
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.extract.extract import main
+
+        return main(args)
+
+    p.set_defaults(func=run)
+
+    c = sub.add_parser(
+        "cache",
+        help="inspect, verify or export a feature cache",
+        description="Tools over a feature cache. Input: CACHE (zarr folder or .h5 export). "
+        "info: rows, fg/bg, per-bin row and image counts, size on disk, fingerprints, completeness. "
+        "verify: index consistent with labels, finite values, complete (exit 2 if not). "
+        "export: write a single-file h5py copy with the same schema (output: OUT.h5).",
     )
+    csub = c.add_subparsers(dest="cache_command", metavar="<cache command>")
+    csub.required = True
+    i = csub.add_parser("info", help="summary of a cache", description="Rows, fg/bg, per-bin counts, size, "
+                        "fingerprints and completeness of a cache (markdown, or JSON with --json).")
+    i.add_argument("cache", metavar="CACHE")
+    i.add_argument("--json", action="store_true")
+    v = csub.add_parser("verify", help="check a cache", description="Check that a cache is complete, its "
+                        "index agrees with its labels and images, and every value is finite. Exit 0 if so, "
+                        "else one sentence and exit 2.")
+    v.add_argument("cache", metavar="CACHE")
+    e = csub.add_parser("export", help="write an h5py copy", description="Copy a complete zarr cache into one "
+                        "HDF5 file with the same array names and attributes (the calibration reader accepts "
+                        "both). Written under a temporary name and renamed.")
+    e.add_argument("--format", choices=("h5",), default="h5")
+    e.add_argument("cache", metavar="CACHE")
+    e.add_argument("out", metavar="OUT.h5")
+
+    def run_cache(args: argparse.Namespace) -> int:
+        from simcal.extract import cache_tools
+
+        return {"info": cache_tools.run_info, "verify": cache_tools.run_verify,
+                "export": cache_tools.run_export}[args.cache_command](args)
+
+    c.set_defaults(func=run_cache)

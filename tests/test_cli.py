@@ -1,5 +1,6 @@
 """The one CLI: commands, lazy imports, pending stages that refuse to pretend, the demo."""
 
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 from conftest import run_simcal
 
 COMMANDS = ("data", "train", "extract", "cache", "calibrate", "infer", "evaluate", "demo")
-PENDING = ("train", "extract", "cache", "calibrate", "infer")
+PENDING = ("calibrate", "infer")
 
 
 def test_help_lists_every_command():
@@ -48,10 +49,19 @@ def test_unknown_command_is_exit_2():
 
 
 def test_demo_runs_what_exists(tmp_path):
-    r = run_simcal("demo", "--preset", "quick", "--out", tmp_path / "demo")
-    assert r.returncode == 0, r.stderr
-    assert "| instance bin (lvis)" in r.stdout and "not built yet, so not run: train" in r.stdout
-    assert (tmp_path / "demo" / "train_instances.png").read_bytes()[:4] == b"\x89PNG"
-    assert '"preset": "quick"' in (tmp_path / "demo" / "config.json").read_text()
-    r2 = run_simcal("demo", "--preset", "quick", "--out", tmp_path / "demo")
-    assert r2.returncode == 0 and "reused" in r2.stderr
+    out = tmp_path / "demo"
+    r = run_simcal("demo", "--preset", "quick", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "## Baseline tiny Mask R-CNN" in report and "extract [4/6]" in report
+    assert (out / "train_instances.png").read_bytes()[:4] == b"\x89PNG"
+    assert '"preset": "quick"' in (out / "config.json").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("baseline", "baseline_300"):
+        assert set(summary[key]["segm"]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}
+    assert 0 <= summary["baseline"]["segm"]["AP"] <= 1
+    # A second run reuses the detector and the predictions.
+    r2 = run_simcal("demo", "--preset", "quick", "--out", out)
+    assert r2.returncode == 0 and "reusing" in r2.stderr
+    again = json.loads((out / "summary.json").read_text())["baseline"]
+    assert (again["bbox"], again["segm"]) == (summary["baseline"]["bbox"], summary["baseline"]["segm"])

@@ -1,0 +1,439 @@
+"""Validate and normalize the inputs of an evaluation (see :mod:`simcal.evaluate.protocol`).
+
+Everything a user can get wrong in a results file becomes one
+:class:`~simcal.data.errors.InputError` sentence naming the file, the first
+offending record and the fix; nothing here raises a bare exception on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from simcal.data.annotations import Annotations
+from simcal.data.errors import InputError, input_error
+from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
+
+_FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+@dataclass
+class GroundTruth:
+    """The normalized ground truth shared by both backends (one per IoU type).
+
+    ``images``/``categories`` are LVIS-format records; ``annotations`` holds only the
+    keys the protocol uses. Backends must not mutate these dicts: use :meth:`copy_dataset`.
+    """
+
+    path: Path
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    cat_ids: list[int]
+    frequency_source: str
+    warnings: list[str] = field(default_factory=list)
+
+    def copy_dataset(self) -> dict[str, Any]:
+        """A fresh LVIS-format dict whose records a backend may mutate freely."""
+        return {
+            "images": [dict(im) for im in self.images],
+            "annotations": [dict(a) for a in self.annotations],
+            "categories": [dict(c) for c in self.categories],
+        }
+
+
+def _mask_area(seg: dict[str, Any]) -> float:
+    from pycocotools import mask as mask_utils
+
+    return float(mask_utils.area(seg))
+
+
+def to_compressed_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
+    """Polygons, uncompressed or compressed RLE -> compressed RLE with ``str`` counts."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        return seg
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def resolve_frequencies(gt: Annotations, train: Annotations) -> tuple[dict[int, str], str]:
+    """Category id -> LVIS frequency r/c/f, and where it came from.
+
+    From the ground-truth file's ``frequency`` field, as the ``lvis`` package does;
+    when the file has none (COCO format), from the training images per category
+    (r <= 10 < c <= 100 < f, :func:`simcal.data.statistics.frequency_of`).
+    """
+    cats = gt.categories
+    if cats and all(c.get("frequency") in FREQUENCIES for c in cats):
+        return {c["id"]: c["frequency"] for c in cats}, "ground-truth file"
+    bad = [c for c in cats if "frequency" in c and c["frequency"] not in FREQUENCIES]
+    if bad:
+        raise input_error(
+            gt.path, f"category {bad[0]['id']} has frequency {bad[0]['frequency']!r}",
+            "LVIS frequency must be one of 'r', 'c', 'f'",
+        )
+    from simcal.data.statistics import category_statistics
+
+    by_id = {c["id"]: c["frequency"] for c in category_statistics(train)}
+    return {c["id"]: by_id.get(c["id"], "r") for c in cats}, "training image counts (ground truth has none)"
+
+
+def prepare_ground_truth(gt: Annotations, iou_type: str, frequencies: dict[int, str], frequency_source: str) -> GroundTruth:
+    """Normalize ``gt`` for ``iou_type`` (see the module docstring of :mod:`protocol`)."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"unknown iou type {iou_type!r}")
+    warnings: list[str] = []
+    cat_ids = [c["id"] for c in gt.categories]
+    present: dict[int, set] = {}
+    anns = []
+    n_crowd = n_zero = 0
+    img_by_id = {im["id"]: im for im in gt.images}
+    for a in gt.annotations:
+        if a.get("iscrowd", 0) or a.get("ignore", 0):
+            n_crowd += 1
+        rec = {"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"])}
+        seg = a.get("segmentation")
+        if iou_type == "segm":
+            if seg is None:
+                raise input_error(
+                    gt.path, f"annotation {a['id']} has no 'segmentation', needed for mask AP",
+                    "evaluate with --iou-type bbox or use a ground truth with masks",
+                )
+            im = img_by_id[a["image_id"]]
+            seg = to_compressed_rle(seg, im["height"], im["width"])
+            rec["segmentation"] = seg
+        area = a.get("area")
+        if not (isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area)):
+            if seg is not None:
+                im = img_by_id[a["image_id"]]
+                area = _mask_area(to_compressed_rle(seg, im["height"], im["width"]))
+            else:
+                area = float(a["bbox"][2] * a["bbox"][3])
+        rec["area"] = float(area)
+        if not rec["area"] > 0:
+            n_zero += 1
+            continue
+        anns.append(rec)
+        present.setdefault(a["image_id"], set()).add(a["category_id"])
+    if n_crowd:
+        warnings.append(
+            f"{n_crowd} ground-truth instances carry iscrowd/ignore flags; the LVIS protocol counts them "
+            "as ordinary instances"
+        )
+    if n_zero:
+        warnings.append(f"{n_zero} ground-truth instances with zero area are left out (as LVISEval does)")
+
+    images = []
+    all_cats = set(cat_ids)
+    for im in gt.images:
+        rec = {"id": im["id"], "height": im["height"], "width": im["width"]}
+        if gt.is_lvis:
+            rec["neg_category_ids"] = list(im.get("neg_category_ids", []))
+            rec["not_exhaustive_category_ids"] = list(im.get("not_exhaustive_category_ids", []))
+        else:  # COCO: exhaustive, every absent category is a verified negative
+            rec["neg_category_ids"] = sorted(all_cats - present.get(im["id"], set()))
+            rec["not_exhaustive_category_ids"] = []
+        images.append(rec)
+    if not gt.is_lvis:
+        warnings.append(
+            "ground truth has no neg_category_ids (COCO format): every image is treated as exhaustively annotated"
+        )
+    categories = [{"id": c["id"], "name": c["name"], "frequency": frequencies[c["id"]]} for c in gt.categories]
+    return GroundTruth(gt.path, images, anns, categories, cat_ids, frequency_source, warnings)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Detections:
+    """Validated results, capped per image and ordered (image id, score descending).
+
+    ``records`` carry ``image_id, category_id, score`` and, where given, ``bbox`` and
+    ``segmentation`` (compressed RLE), plus ``area`` by the LVISResults rule.
+    """
+
+    records: list[dict[str, Any]]
+    num_input: int
+    num_images_capped: int
+    has_bbox: bool
+    has_segm: bool
+    max_dets: int
+    num_zero_area: int = 0
+
+    def for_iou_type(self, iou_type: str, with_ids: bool) -> list[dict[str, Any]]:
+        """Fresh dicts for one backend: only the keys ``iou_type`` needs."""
+        drop_segm = iou_type == "bbox"
+        out = []
+        for i, r in enumerate(self.records):
+            d = dict(r)
+            if drop_segm:
+                d.pop("segmentation", None)
+            if with_ids:
+                d["id"] = i + 1
+                d["iscrowd"] = 0
+            else:
+                del d["area"]
+            out.append(d)
+        return out
+
+
+def read_results(path: str | os.PathLike) -> Any:
+    """The parsed results json; InputError for a missing or unreadable file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise input_error(path, "does not exist", "check the --results path")
+    except IsADirectoryError:
+        raise input_error(path, "is a directory, not a results json file", "pass the json file")
+    except OSError as e:
+        raise input_error(path, f"cannot be read ({e.strerror})")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise input_error(path, f"is not valid JSON{where} (truncated or corrupt?)", "rewrite the results file")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_rle(path, i: int, seg: Any, h: int, w: int) -> None:
+    if isinstance(seg, list):
+        if not seg or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_finite(v) for v in p) for p in seg):
+            raise input_error(path, f"result {i} has a bad polygon segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}")
+        return
+    if not isinstance(seg, dict) or not isinstance(seg.get("counts"), (str, list)) or not isinstance(seg.get("size"), list):
+        raise input_error(path, f"result {i} has a bad segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}")
+    if list(seg["size"]) != [h, w]:
+        raise input_error(
+            path, f"result {i} mask size {seg['size']} differs from its image's [height, width] [{h}, {w}]",
+            "encode masks at the original image size",
+        )
+    counts = seg["counts"]
+    if isinstance(counts, list) and (not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w):
+        raise input_error(path, f"result {i} has an uncompressed RLE whose counts do not add up to height x width {h * w}",
+                          "encode masks with pycocotools.mask.encode")
+
+
+def _check_rle_strings(where, records: list[dict[str, Any]], index: np.ndarray) -> None:
+    """Decode every compressed counts string once (C++, batched): a malformed one is an InputError here."""
+    from faster_coco_eval.core.mask import area
+
+    segs = [d["segmentation"] for d in records]
+    try:
+        area(segs)
+        return
+    except (RuntimeError, ValueError):
+        pass
+    for seg, i in zip(segs, index.tolist()):
+        try:
+            area(seg)
+        except (RuntimeError, ValueError) as e:
+            raise input_error(where, f"result {i} has a malformed RLE mask ({e})", "encode masks with pycocotools.mask.encode")
+
+
+def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
+    """(image_ids, scores, boxes or None, has_segm) for well-formed results in bulk; None if anything is unusual.
+
+    Accepts exactly what :func:`_columns_checked` accepts with compressed-RLE masks
+    (the common case) and returns the same columns; anything else (a bad record,
+    polygons, uncompressed RLE) goes to the record-by-record pass.
+    """
+    n = len(results)
+    if not all(type(r) is dict for r in results):
+        return None
+    imgs = [r.get("image_id") for r in results]
+    cats = [r.get("category_id") for r in results]
+    scs = [r.get("score") for r in results]
+    if not (all(type(x) is int for x in imgs) and all(type(x) is int for x in cats)):
+        return None
+    if not (set(imgs) <= img_by_id.keys() and set(cats) <= cat_ids):
+        return None
+    if not all(type(x) is float or type(x) is int for x in scs):
+        return None
+    scores = np.array(scs, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        return None
+    boxes_raw = [r.get("bbox") for r in results]
+    n_bbox = n - boxes_raw.count(None)
+    boxes = None
+    if n_bbox:
+        if n_bbox != n or not all(type(b) is list and len(b) == 4 for b in boxes_raw):
+            return None
+        if not all(type(v) is float or type(v) is int for b in boxes_raw for v in b):
+            return None
+        boxes = np.array(boxes_raw, dtype=np.float64).reshape(n, 4)
+        if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
+            return None
+    elif need_bbox and n:
+        return None
+    segs = [r.get("segmentation") for r in results]
+    n_segm = n - segs.count(None)
+    if need_segm and n_segm != n:
+        return None
+    if n_segm:
+        for img, seg in zip(imgs, segs):
+            if seg is None:
+                continue
+            im = img_by_id[img]
+            if type(seg) is not dict or type(seg.get("counts")) is not str or seg.get("size") != [im["height"], im["width"]]:
+                return None
+    return np.array(imgs, dtype=np.int64).reshape(n), scores, boxes, n > 0 and n_segm == n
+
+
+def _columns_checked(where, gt: Annotations, results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
+    """The record-by-record validation: the first problem becomes an InputError; else the columns."""
+    n = len(results)
+    image_ids = np.empty(n, dtype=np.int64)
+    scores = np.empty(n, dtype=np.float64)
+    boxes = np.empty((n, 4), dtype=np.float64)
+    n_bbox = n_segm = 0
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise input_error(where, f"result {i} is not a JSON object", _FIX_RESULTS)
+        img = r.get("image_id")
+        if not _is_int(img):
+            raise input_error(where, f"result {i} has {'no' if img is None else 'a non-integer'} image_id", _FIX_RESULTS)
+        if img not in img_by_id:
+            raise input_error(
+                where, f"result {i} names image id {img}, which is not in the ground truth {gt.path}",
+                "evaluate results against the annotation file they were produced for",
+            )
+        cat = r.get("category_id")
+        if not _is_int(cat):
+            raise input_error(where, f"result {i} has {'no' if cat is None else 'a non-integer'} category_id", _FIX_RESULTS)
+        if cat not in cat_ids:
+            raise input_error(
+                where, f"result {i} names category id {cat}, which is not a category of the ground truth {gt.path}",
+                "map model labels to the dataset's category ids",
+            )
+        s = r.get("score")
+        if not _finite(s):
+            what = "no score" if s is None else f"a non-finite score ({s})" if isinstance(s, float) else f"a non-numeric score ({s!r})"
+            raise input_error(where, f"result {i} has {what}", "every detection needs a finite score")
+        box = r.get("bbox")
+        if box is not None:
+            if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
+                raise input_error(where, f"result {i} bbox is not [x, y, w, h] of finite numbers", _FIX_RESULTS)
+            if box[2] < 0 or box[3] < 0:
+                raise input_error(where, f"result {i} has a negative box size (w={box[2]}, h={box[3]})", "boxes are [x, y, width, height]")
+            boxes[i] = box
+            n_bbox += 1
+        elif need_bbox:
+            raise input_error(where, f"result {i} has no 'bbox', needed for box AP", "add boxes or evaluate with --iou-type segm")
+        seg = r.get("segmentation")
+        if seg is not None:
+            im = img_by_id[img]
+            _check_rle(where, i, seg, im["height"], im["width"])
+            n_segm += 1
+        elif need_segm:
+            raise input_error(
+                where, f"result {i} has no 'segmentation', needed for mask AP (--iou-type segm)",
+                "evaluate with --iou-type bbox or write masks as RLE",
+            )
+        image_ids[i] = img
+        scores[i] = s
+    if 0 < n_bbox < n:
+        raise input_error(where, f"{n_bbox} of {n} results carry a bbox", "give every result a bbox, or none")
+    return image_ids, scores, (boxes if n and n_bbox == n else None), n > 0 and n_segm == n
+
+
+def prepare_results(
+    results: Any,
+    gt: Annotations,
+    iou_types: Sequence[str],
+    max_dets: int,
+    path: str | os.PathLike | None = None,
+) -> Detections:
+    """Validate ``results`` against ``gt`` for ``iou_types``, cap per image, normalize.
+
+    Raises :class:`InputError` (one sentence) for: not a list, a record that is not
+    an object, unknown image or category id, missing/non-finite score, a missing or
+    bad bbox, a missing segmentation when mask AP is asked for.
+    """
+    where = path if path is not None else "results"
+    if not isinstance(results, list):
+        kind = {dict: "an object", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(type(results), "not a list")
+        raise input_error(where, f"top level is {kind}, not a list of detections", _FIX_RESULTS)
+    img_by_id = {im["id"]: im for im in gt.images}
+    cat_ids = set(c["id"] for c in gt.categories)
+    need_segm = "segm" in iou_types
+    need_bbox = "bbox" in iou_types
+    n = len(results)
+    cols = _columns_fast(results, img_by_id, cat_ids, need_bbox, need_segm)
+    if cols is None:  # something is unusual: the record-by-record pass names the first problem
+        cols = _columns_checked(where, gt, results, img_by_id, cat_ids, need_bbox, need_segm)
+    image_ids, scores, boxes, has_segm = cols
+    has_bbox = boxes is not None
+
+    # Cap per image: highest scores, ties in file order (a stable sort, as LVISResults).
+    order = np.lexsort((np.arange(n), -scores, image_ids)) if n else np.zeros(0, dtype=np.int64)
+    sorted_imgs = image_ids[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_imgs)) + 1] if n else np.zeros(0, dtype=np.int64)
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) if n else np.zeros(0, dtype=np.int64)
+    keep = order[rank < max_dets]
+    counts = np.diff(np.r_[starts, n]) if n else np.zeros(0, dtype=np.int64)
+    num_capped = int((counts > max_dets).sum())
+
+    keep_list = keep.tolist()
+    kept_boxes = boxes[keep].tolist() if has_bbox else None
+    records = []
+    for j, (i, img, score) in enumerate(zip(keep_list, image_ids[keep].tolist(), scores[keep].tolist())):
+        r = results[i]
+        d: dict[str, Any] = {"image_id": img, "category_id": int(r["category_id"]), "score": score}
+        if kept_boxes is not None:
+            d["bbox"] = kept_boxes[j]
+        if has_segm:
+            im = img_by_id[img]
+            d["segmentation"] = to_compressed_rle(r["segmentation"], im["height"], im["width"])
+        records.append(d)
+    if has_segm and records:
+        _check_rle_strings(where, records, keep)
+    # area by the LVISResults rule: box area when results carry boxes, else mask area
+    if has_bbox:
+        for d in records:
+            d["area"] = d["bbox"][2] * d["bbox"][3]
+    elif has_segm and records:
+        from pycocotools import mask as mask_utils
+
+        for d in records:  # one at a time: pycocotools' area() of a list overflows past 255 masks
+            d["area"] = float(mask_utils.area(d["segmentation"]))
+    # LVIS keeps only 0 < area < inf (LVIS.get_ann_ids), after the cap.
+    kept = [d for d in records if 0 < d["area"] < math.inf]
+    return Detections(kept, n, num_capped, has_bbox, has_segm, max_dets, len(records) - len(kept))
+
+
+def resolve_max_dets(requested: int | None, gt: Annotations) -> tuple[int, str]:
+    """The per-image cap: ``--max-dets``, else the GT's ``info.max_dets_per_image``, else 300."""
+    if requested is not None:
+        if requested < 1:
+            raise InputError(f"--max-dets must be a positive integer, got {requested}.")
+        return int(requested), "--max-dets"
+    v = gt.info.get("max_dets_per_image")
+    if v is None:
+        return LVIS_MAX_DETS, "LVIS default"
+    if not _is_int(v) or v < 1:
+        raise input_error(gt.path, f"info.max_dets_per_image is {v!r}, not a positive integer", "fix it or pass --max-dets")
+    return int(v), f"{Path(gt.path).name} info.max_dets_per_image"

@@ -1,0 +1,163 @@
+"""``simcal cache info | verify | export``: look inside a feature cache, check it, copy it to HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simcal.data.errors import input_error
+from simcal.data.statistics import instance_bin
+from simcal.extract.schema import INDEX_ARRAYS, Cache
+
+_BLOCK = 65536  # rows per read when scanning a cache
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cache_summary(cache: Cache) -> dict[str, Any]:
+    a = cache.attrs
+    labels = np.asarray(cache["labels"][:])
+    image_index = np.asarray(cache["image_index"][:])
+    cats = a["categories"]
+    per_bin: dict[str, dict[str, int]] = {str(b): {"classes": 0, "rows": 0, "images": 0} for b in (1, 2, 3, 4)}
+    class_row_ptr, class_image_ptr = cache.index("class_row_ptr"), cache.index("class_image_ptr")
+    for k, c in enumerate(cats, start=1):
+        b = str(instance_bin(c["instance_count"]))
+        per_bin[b]["classes"] += 1
+        per_bin[b]["rows"] += int(class_row_ptr[k + 1] - class_row_ptr[k])
+        per_bin[b]["images"] += int(class_image_ptr[k + 1] - class_image_ptr[k])
+    fg = int((labels > 0).sum())
+    return {
+        "path": str(cache.path),
+        "complete": a.get("complete") is True,
+        "rows": int(len(labels)),
+        "fg_rows": fg,
+        "bg_rows": int(len(labels) - fg),
+        "images": int(cache["image_ids"].shape[0]),
+        "images_with_rows": int(len(np.unique(image_index))),
+        "dim": a["dim"],
+        "dtype": str(cache["features"].dtype),
+        "bytes_on_disk": _size_on_disk(cache.path),
+        "bytes_per_row": _size_on_disk(cache.path) / max(len(labels), 1),
+        "tap": a["tap"],
+        "detector_fingerprint": a["detector_fingerprint"],
+        "annotation_fingerprint": a["annotation_fingerprint"],
+        "params": a["params"],
+        "per_bin": per_bin,
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache, require_complete=False)
+    s = cache_summary(cache)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    gb = s["bytes_on_disk"] / 1e9
+    lines = [
+        f"# {s['path']}",
+        "",
+        f"complete: {s['complete']}; {s['rows']} rows ({s['fg_rows']} fg, {s['bg_rows']} bg) from {s['images']} "
+        f"images; features {s['dtype']} x {s['dim']} ({s['tap']}); {gb:.3f} GB on disk, "
+        f"{s['bytes_per_row']:.0f} bytes/row",
+        f"detector {s['detector_fingerprint'][:19]}..., annotations {s['annotation_fingerprint'][:19]}...",
+        "params: " + ", ".join(f"{k}={v}" for k, v in s["params"].items() if k not in ("annotations",)),
+        "",
+        "| bin (train instances) | classes | fg rows | (class, image) pairs |",
+        "|---|---|---|---|",
+    ]
+    for b, label in zip("1234", ("<10", "10-100", "100-1000", ">=1000")):
+        d = s["per_bin"][b]
+        lines.append(f"| {b} ({label}) | {d['classes']} | {d['rows']} | {d['images']} |")
+    print("\n".join(lines))
+    return 0
+
+
+def verify(cache: Cache) -> list[str]:
+    """Problems found (empty when the cache is sound)."""
+    problems = []
+    a = cache.attrs
+    R, I = cache.num_rows, int(cache["image_ids"].shape[0])
+    C = len(a["categories"])
+    labels = np.asarray(cache["labels"][:]).astype(np.int64)
+    image_index = np.asarray(cache["image_index"][:]).astype(np.int64)
+    if a.get("complete") is not True:
+        problems.append("it is not marked complete")
+    for name in ("features", "ious", "boxes", "is_gt", "flipped"):
+        if cache[name].shape[0] != R:
+            problems.append(f"'{name}' has {cache[name].shape[0]} rows, 'labels' has {R}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
+        problems.append(f"labels outside 0..{C}")
+    if len(image_index) and (np.any(np.diff(image_index) < 0) or image_index.max() >= I):
+        problems.append("rows are not grouped by image in image-index order")
+    from simcal.extract.store import build_index
+
+    expected = build_index(labels, image_index, I, C)
+    for name in INDEX_ARRAYS:
+        got = cache.index(name)
+        if got.shape != expected[name].shape or not np.array_equal(got, expected[name]):
+            problems.append(f"index/{name} disagrees with the labels")
+    for start in range(0, R, _BLOCK):
+        f = np.asarray(cache["features"][start : start + _BLOCK])
+        if f.dtype != np.int8 and not np.isfinite(f).all():
+            problems.append(f"non-finite features in rows {start}..{start + len(f) - 1}")
+            break
+    for name in ("ious", "boxes"):
+        if not np.isfinite(np.asarray(cache[name][:])).all():
+            problems.append(f"non-finite values in '{name}'")
+    return problems
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache, require_complete=False)
+    problems = verify(cache)
+    if problems:
+        raise input_error(cache.path, "failed verification: " + "; ".join(problems), "re-extract it")
+    print(f"{cache.path}: OK ({cache.num_rows} rows, index consistent, values finite, complete)")
+    return 0
+
+
+def export_h5(src: Cache, out: Path) -> Path:
+    import h5py
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with h5py.File(tmp, "w") as h:
+        for name in ("features", "feature_scale", "labels", "ious", "boxes", "image_index", "is_gt", "flipped",
+                     "image_ids"):
+            try:
+                arr = src[name]
+            except KeyError:
+                continue
+            shape, dtype = arr.shape, arr.dtype
+            chunk_rows = max(1, min(shape[0], (2**20) // max(1, int(np.prod(shape[1:] or (1,))) * dtype.itemsize)))
+            ds = h.create_dataset(name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]) if shape[0] else None)
+            for start in range(0, shape[0], _BLOCK):
+                ds[start : start + _BLOCK] = np.asarray(arr[start : start + _BLOCK])
+        g = h.create_group("index")
+        for name in INDEX_ARRAYS:
+            g.create_dataset(name, data=src.index(name))
+        for k, v in src.attrs.items():
+            if k != "complete":
+                h.attrs[k] = json.dumps(v)
+        h.attrs["complete"] = json.dumps(src.attrs.get("complete") is True)
+    os.replace(tmp, out)
+    return out
+
+
+def run_export(args: argparse.Namespace) -> int:
+    src = Cache(args.cache)
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise input_error(out, "is a folder", "pass a file name such as cache.h5")
+    export_h5(src, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e9:.3f} GB)")
+    return 0
