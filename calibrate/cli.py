@@ -1,13 +1,56 @@
-"""``simcal calibrate``: retrain the classification head from the cache (issue [5/6])."""
+"""``simcal calibrate``: retrain the classification head from a feature cache (flags; work in calibrate.py)."""
 
-from simcal.pending import add_pending_command
+from __future__ import annotations
+
+import argparse
 
 
 def add_parser(sub) -> None:
-    add_pending_command(
-        sub, "calibrate", "retrain the classification head with bi-level sampling",
-        "Train a small classification head (linear, 2fc, 3fc) on class-balanced batches\n"
-        "drawn by bi-level sampling straight from a feature cache.\n"
-        "Input: --cache CACHE.zarr. Output: HEAD.pth (or a sweep directory).",
-        "[5/6]",
+    p = sub.add_parser(
+        "calibrate",
+        help="retrain the classification head from a feature cache (bi-level sampling)",
+        description="Retrain a classification head on class-balanced batches drawn straight from a feature "
+        "cache (SimCal's bi-level sampling by default: n classes uniformly with replacement -> one image "
+        "per class -> that class's foreground rows -> the batch's background rows subsampled to "
+        "--bg-ratio x foreground). Plain SGD (lr 0.01, no momentum, x0.1 steps late). "
+        "Inputs: --cache CACHE (zarr or .h5 from 'simcal extract'). Outputs: HEAD.pth (weights_only "
+        "loadable: head, state_dict, kwargs, cache and detector fingerprints, sampler/loss config, steps), "
+        "HEAD.pth.log.jsonl, HEAD.pth.config.json; with --sample-only --stats OUT.json only the sampler "
+        "statistics; with --sweep GRID.json a folder with one head per configuration and results.md.",
     )
+    p.add_argument("--cache", metavar="CACHE", help="feature cache of the train split (required unless --source online)")
+    p.add_argument("--head", choices=("linear", "2fc_rand", "3fc_rand", "3fc_ft", "2fc_ncm"), default="3fc_ft",
+                   help="head to train (default 3fc_ft: initialised from the detector's fc6/fc7/cls_score)")
+    p.add_argument("--sampler", choices=("bilevel", "random", "class_balanced", "repeat_factor"),
+                   default="bilevel", help="batch sampler (default bilevel)")
+    p.add_argument("--loss", choices=("ce", "reweight", "focal", "margin"), default="ce")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--out", required=True, metavar="HEAD.pth | DIR", help="head checkpoint (a folder with --sweep)")
+    p.add_argument("--classes-per-batch", type=int, default=16, help="n classes per bi-level batch (default 16)")
+    p.add_argument("--images-per-class", type=int, default=1, help="images per drawn class (default 1)")
+    p.add_argument("--bg-ratio", type=float, default=1.0, help="background rows per foreground row (default 1)")
+    p.add_argument("--batch-rows", type=int, default=256, help="rows per batch of the random sampler (default 256)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--preload", choices=("none", "ram", "gpu"), default="none",
+                   help="read features from the store every batch, or copy them to RAM / the GPU once")
+    p.add_argument("--sample-only", action="store_true", help="draw the batches, train nothing; needs --stats")
+    p.add_argument("--stats", metavar="OUT.json", help="with --sample-only: write sampler statistics here")
+    p.add_argument("--sweep", metavar="GRID.json",
+                   help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
+                   '[...], "seed": [...]} loading the cache once; --out is then a folder')
+    p.add_argument("--eval-cache", metavar="VAL_CACHE",
+                   help="score each head by proposal classification accuracy per bin on a val cache")
+    p.add_argument("--source", choices=("cache", "online"), default="cache",
+                   help="cache (default), or online: a frozen detector forward every step (the reference)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="detector checkpoint (for --source online)")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (for --source online)")
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.calibrate.calibrate import main
+
+        return main(args)
+
+    p.set_defaults(func=run)

@@ -1,9 +1,16 @@
-"""``RoIHeads`` with a pluggable classification loss (for the paper's Table-2 strategies).
+"""``RoIHeads`` with two hooks: a classification loss for training and a score function for inference.
 
-torchvision computes ``fastrcnn_loss`` (plain cross-entropy) inline in
-``RoIHeads.forward``. This subclass keeps that forward unchanged and only
-replaces ``loss_classifier`` afterwards, from the class logits and sampled labels
-of the same forward (stashed by hooks), with ``self.cls_loss`` when one is set.
+- ``cls_loss`` (the paper's Table-2 strategies): torchvision computes ``fastrcnn_loss``
+  (plain cross-entropy) inline in ``RoIHeads.forward``. This subclass keeps that
+  forward unchanged and only replaces ``loss_classifier`` afterwards, from the class
+  logits and sampled labels of the same forward (stashed by hooks).
+- ``score_fn`` (dual-head and post-hoc inference): torchvision's
+  ``postprocess_detections`` applies a softmax to whatever logits it gets, which would
+  renormalise a merged score vector; the authors' code does not (DESIGN.md §10). With
+  ``score_fn`` set, the per-RoI class probabilities come from
+  ``score_fn(class_logits, box_features)`` -- ``box_features`` being the tap (the box
+  head's input, ``(R, D)``), so calibrated heads see exactly what the box head sees --
+  and are used as they are. One function per stage would serve a cascade.
 """
 
 from __future__ import annotations
@@ -12,11 +19,15 @@ from typing import Callable, Optional
 
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 
 
 class LongTailRoIHeads(RoIHeads):
     #: ``(R, C+1) logits, (R,) labels -> loss``; None keeps torchvision's cross-entropy.
     cls_loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+
+    #: ``(R, C+1) logits, (R, D) tap -> (R, C+1) probabilities``; None keeps the softmax.
+    score_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
@@ -24,6 +35,8 @@ class LongTailRoIHeads(RoIHeads):
         return out
 
     def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training and self.score_fn is not None:
+            return self._forward_with_tap(features, proposals, image_shapes, targets)
         stash: dict = {}
         handle = None
         if self.training and self.cls_loss is not None:
@@ -37,6 +50,40 @@ class LongTailRoIHeads(RoIHeads):
             labels = torch.cat(self._sampled_labels, dim=0)
             losses["loss_classifier"] = self.cls_loss(stash["logits"], labels)
         return result, losses
+
+    def _forward_with_tap(self, *args, **kwargs):
+        """Eval forward that records the box head's input for ``score_fn``."""
+        handle = self.box_head.register_forward_pre_hook(lambda m, inp: setattr(self, "_tap", inp[0]))
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            handle.remove()
+            self._tap = None
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        if self.score_fn is None:
+            return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn
+        device = class_logits.device
+        num_classes = class_logits.shape[-1]
+        boxes_per_image = [b.shape[0] for b in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)
+        pred_scores = self.score_fn(class_logits, self._tap.flatten(start_dim=1))
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0),
+                                              pred_scores.split(boxes_per_image, 0), image_shapes):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
+            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            inds = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels
 
 
 def use_long_tail_roi_heads(model: torch.nn.Module) -> LongTailRoIHeads:

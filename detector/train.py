@@ -109,8 +109,7 @@ def main(args: argparse.Namespace) -> int:
         raise input_error(out, "already exists", "pass --overwrite to replace it, or choose another --out")
 
     dataset = DetectionDataset(ann, image_root, flip_prob=args.flip, seed=args.seed)
-    if rank == 0:
-        dataset.check_files()
+    dataset.check_files()  # every rank: a bad input must stop all of them, not leave some at a barrier
     stats = category_statistics(ann)
     counts = [c["instance_count"] for c in stats]
 

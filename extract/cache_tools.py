@@ -145,6 +145,9 @@ def export_h5(src: Cache, out: Path) -> Path:
         g = h.create_group("index")
         for name in INDEX_ARRAYS:
             g.create_dataset(name, data=src.index(name))
+        hg = h.create_group("detector_head")
+        for name, value in src.detector_head().items():
+            hg.create_dataset(name, data=value)
         for k, v in src.attrs.items():
             if k != "complete":
                 h.attrs[k] = json.dumps(v)

@@ -89,11 +89,13 @@ def main(args: argparse.Namespace) -> int:
     model.requires_grad_(False)
 
     dim = int(model.roi_heads.box_head.fc6.in_features)
+    # A part's rows sit in memory until written: aim at ~256 MiB for ~100 rows per image.
+    images_per_part = args.images_per_part or int(min(1024, max(16, 2**28 // (100 * dim * 2))))
     params = {
         "fg_per_gt": args.fg_per_gt, "bg_per_image": args.bg_per_image, "fg_iou": args.fg_iou,
         "flip": bool(args.flip), "dtype": args.dtype, "seed": args.seed, "batch_size": args.batch_size,
-        "images_per_part": args.images_per_part, "split": args.split if args.data else None,
-        "annotations": str(ann_path), "proposals": "rpn (eval mode) + GT boxes",
+        "images_per_part": images_per_part, "split": args.split if args.data else None,
+        "proposals": "rpn (eval mode) + GT boxes",
         "rpn_post_nms_top_n": int(model.rpn._post_nms_top_n["testing"]),
     }
     identity = {"detector_fingerprint": ck["detector_fingerprint"], "annotation_fingerprint": ann.fingerprint,
@@ -113,6 +115,8 @@ def main(args: argparse.Namespace) -> int:
         if not args.overwrite:
             raise input_error(out, "is a cache with other parameters or another detector",
                               "pass --overwrite to replace it, or choose another --out")
+    dataset = DetectionDataset(ann, image_root, with_masks=False)
+    dataset.check_files()  # every rank, so a bad input stops all of them rather than hanging at a barrier
     staged = read_params(out)
     if staged is not None and not same(staged):
         if not args.overwrite:
@@ -124,12 +128,8 @@ def main(args: argparse.Namespace) -> int:
         write_params(out, identity)
     barrier()
 
-    dataset = DetectionDataset(ann, image_root, with_masks=False)
-    if rank == 0:
-        dataset.check_files()
-    barrier()
     num_images = len(dataset)
-    parts = list(iter_parts(num_images, args.images_per_part))
+    parts = list(iter_parts(num_images, images_per_part))
     done = existing_parts(out, len(parts))
     mine = [(p, a, b) for p, a, b in parts if p % world == rank and p not in done]
     todo_images = sum(b - a for _, a, b in mine)
@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
                     ims, tg = images, targets
                 for i, sel in zip(idx, extract_batch(model, ims, tg, idx, view, args.fg_per_gt,
                                                      args.bg_per_image, args.fg_iou, args.seed)):
-                    per_image[i].append((view, sel))
+                    per_image[i].append((view, _rows(sel, i, view, args.dtype)))
             bar.update(len(images))
         arrays = _part_arrays(per_image, args.dtype, dim)
         write_part(out, p, arrays)
@@ -175,11 +175,17 @@ def main(args: argparse.Namespace) -> int:
         categories = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
                       for c in ck["category_stats"]]
         attrs = {"schema_version": SCHEMA_VERSION, **identity, "tap": TAP, "dim": dim, "categories": categories,
-                 "arch": ck["arch"], "checkpoint": str(args.checkpoint), "world_size": world}
+                 "arch": ck["arch"], "checkpoint": str(args.checkpoint), "annotations": str(ann_path),
+                 "world_size": world}
         t1 = time.perf_counter()
         with tqdm(total=num_images, desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
+            heads = model.roi_heads
+            head_weights = {f"{m}.{p}": getattr(mod, p).detach().float().cpu().numpy()
+                            for m, mod in (("fc6", heads.box_head.fc6), ("fc7", heads.box_head.fc7),
+                                           ("cls_score", heads.box_predictor.cls_score))
+                            for p in ("weight", "bias")}
             counts = consolidate(out, len(parts), np.array([img["id"] for img in ann.images]), dim, args.dtype,
-                                 len(n_cls["ids"]), attrs, cbar.update)
+                                 len(n_cls["ids"]), attrs, head_weights, cbar.update)
         took = time.perf_counter() - t0
         print(f"wrote {out}: {counts['rows']} rows ({counts['fg_rows']} fg, {counts['bg_rows']} bg) from "
               f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)",
@@ -190,33 +196,39 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _part_arrays(per_image: dict[int, list], dtype: str, dim: int) -> dict[str, np.ndarray]:
-    """Rows of consecutive images (view 0 then view 1 within an image) as numpy arrays."""
-    cols: dict[str, list] = {k: [] for k in ("features", "labels", "ious", "boxes", "image_index", "is_gt",
-                                             "flipped")}
-    rows_per_image = []
-    for i in sorted(per_image):
-        n_img = 0
-        for view, s in sorted(per_image[i], key=lambda vs: vs[0]):
-            n = len(s.labels)
-            cols["features"].append(s.features.numpy())
-            cols["labels"].append(s.labels.numpy().astype(np.int16))
-            cols["ious"].append(s.ious.numpy().astype(np.float32))
-            cols["boxes"].append(s.boxes.numpy().astype(np.float32))
-            cols["image_index"].append(np.full(n, i, dtype=np.int32))
-            cols["is_gt"].append(s.is_gt.numpy().astype(bool))
-            cols["flipped"].append(np.full(n, view == 1, dtype=bool))
-            n_img += n
-        rows_per_image.append(n_img)
-    arrays = {k: np.concatenate(v) for k, v in cols.items() if v}
-    if not cols["features"]:  # a part whose images gave no rows at all
-        arrays = {"features": np.zeros((0, dim), np.float32), "labels": np.zeros(0, np.int16),
-                  "ious": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32),
-                  "image_index": np.zeros(0, np.int32), "is_gt": np.zeros(0, bool), "flipped": np.zeros(0, bool)}
-    feats = arrays["features"].astype(np.float32)
+def _rows(sel: Any, image_index: int, view: int, dtype: str) -> dict[str, np.ndarray]:
+    """One view's rows as storage-ready numpy arrays (features already in their on-disk dtype)."""
+    n = len(sel.labels)
+    rows = {
+        "labels": sel.labels.numpy().astype(np.int16),
+        "ious": sel.ious.numpy().astype(np.float32),
+        "boxes": sel.boxes.numpy().astype(np.float32),
+        "image_index": np.full(n, image_index, dtype=np.int32),
+        "is_gt": sel.is_gt.numpy().astype(bool),
+        "flipped": np.full(n, view == 1, dtype=bool),
+    }
+    feats = sel.features.numpy()
     if dtype == "int8":
-        arrays["features"], arrays["feature_scale"] = _quantize_int8(feats)
+        rows["features"], rows["feature_scale"] = _quantize_int8(feats)
     else:
-        arrays["features"] = feats.astype(np.float16)
-    arrays["rows_per_image"] = np.array(rows_per_image, dtype=np.int64)
+        rows["features"] = feats.astype(np.float16)
+    return rows
+
+
+def _part_arrays(per_image: dict[int, list], dtype: str, dim: int) -> dict[str, np.ndarray]:
+    """Rows of consecutive images (view 0 then view 1 within an image), concatenated."""
+    chunks = [rows for i in sorted(per_image) for _, rows in sorted(per_image[i], key=lambda vr: vr[0])]
+    names = ["features", "labels", "ious", "boxes", "image_index", "is_gt", "flipped"]
+    if dtype == "int8":
+        names.append("feature_scale")
+    if chunks:
+        arrays = {k: np.concatenate([c[k] for c in chunks]) for k in names}
+    else:  # a part whose images gave no rows at all
+        arrays = {"features": np.zeros((0, dim), np.int8 if dtype == "int8" else np.float16),
+                  "labels": np.zeros(0, np.int16), "ious": np.zeros(0, np.float32),
+                  "boxes": np.zeros((0, 4), np.float32), "image_index": np.zeros(0, np.int32),
+                  "is_gt": np.zeros(0, bool), "flipped": np.zeros(0, bool), "feature_scale": np.zeros(0, np.float32)}
+        arrays = {k: arrays[k] for k in names}
+    arrays["rows_per_image"] = np.array([sum(len(r["labels"]) for _, r in per_image[i]) for i in sorted(per_image)],
+                                        dtype=np.int64)
     return arrays

@@ -21,6 +21,10 @@ Group ``index/`` (CSR, int64):
     class_row_ptr   (C+2)  rows labelled c: class_rows[class_row_ptr[c]:class_row_ptr[c+1]]
     class_rows             (ascending row within each class)
 
+Group ``detector_head/`` (float32): the detector's own ``fc6.weight``, ``fc6.bias``,
+``fc7.weight``, ``fc7.bias``, ``cls_score.weight``, ``cls_score.bias``, so the ``3fc_ft``
+head can start from the detector's classifier with the cache alone.
+
 Attributes (``ATTR_KEYS``): ``schema_version``, ``detector_fingerprint``,
 ``annotation_fingerprint``, ``tap``, ``dim``, ``categories`` (entry k-1 for label k:
 id, name, instance_count, image_count, frequency), ``params`` (every extraction
@@ -50,6 +54,7 @@ ROW_ARRAYS: dict[str, tuple[str, tuple]] = {
     "is_gt": ("bool", ()),
     "flipped": ("bool", ()),
 }
+HEAD_ARRAYS = ("fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "cls_score.weight", "cls_score.bias")
 INDEX_ARRAYS = ("image_row_ptr", "class_image_ptr", "class_images", "class_row_ptr", "class_rows")
 ATTR_KEYS = ("schema_version", "detector_fingerprint", "annotation_fingerprint", "tap", "dim", "categories",
              "params", "counts", "complete")
@@ -97,6 +102,10 @@ class Cache:
 
     def __getitem__(self, name: str):
         return self._root[name]
+
+    def detector_head(self) -> dict[str, np.ndarray]:
+        """The detector's fc6 / fc7 / cls_score weights stored at extraction."""
+        return {k: np.asarray(self._root["detector_head"][k][:]) for k in HEAD_ARRAYS}
 
     def index(self, name: str) -> np.ndarray:
         return np.asarray(self._root["index"][name][:]) if self._h5 is None else self._h5["index"][name][:]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from simcal.extract.schema import INDEX_ARRAYS, ROW_ARRAYS, SCHEMA_VERSION
+from simcal.extract.schema import HEAD_ARRAYS, INDEX_ARRAYS, ROW_ARRAYS, SCHEMA_VERSION
 
 MIB = 2**20
 CHUNKS_PER_SHARD = 64
@@ -119,6 +119,7 @@ def consolidate(
     dtype: str,
     num_classes: int,
     attrs: dict[str, Any],
+    head_weights: dict[str, np.ndarray],
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Merge the parts into the final store at ``out`` (see module doc); returns the counts written."""
@@ -166,6 +167,9 @@ def consolidate(
     ig = root.create_group("index")
     for name in INDEX_ARRAYS:
         ig.create_array(name, data=index[name])
+    hg = root.create_group("detector_head")
+    for name in HEAD_ARRAYS:
+        hg.create_array(name, data=np.asarray(head_weights[name], dtype=np.float32))
     fg = int((labels > 0).sum())
     counts = {
         "rows": R,

@@ -1,12 +1,42 @@
-"""``simcal infer``: dual-head inference (issue [6/6])."""
+"""``simcal infer``: dual-head inference (flags; work in infer.py)."""
 
-from simcal.pending import add_pending_command
+from __future__ import annotations
+
+import argparse
 
 
 def add_parser(sub) -> None:
-    add_pending_command(
-        sub, "infer", "run the detector with calibrated head(s) (dual head)",
-        "Reattach calibrated heads beside the original classifier and write LVIS results.\n"
-        "Inputs: --checkpoint CKPT, --head HEAD.pth, a dataset. Output: RESULTS.json.",
-        "[6/6]",
+    p = sub.add_parser(
+        "infer",
+        help="run the detector with a calibrated head reattached (dual head) -> LVIS results",
+        description="Reattach a calibrated head beside the detector's own classifier and write LVIS results "
+        "(bbox + RLE segm, at most 300 per image). One detector forward: the head scores the same RoI "
+        "features the box head sees; boxes and masks come from the frozen detector. Modes: orig (detector "
+        "only), cal (calibrated head only), sel (paper Eq. 2: calibrated scores for classes with N_z <= T "
+        "train instances, original otherwise, background original, no renormalisation), avg (mean of both "
+        "heads' probabilities). Post-hoc baselines without training: norcal, logit_adjust, tau_norm. "
+        "Inputs: --checkpoint CKPT, --head HEAD.pth, --data DIR --split val (or --ann/--images). Output: "
+        "RESULTS.json and RESULTS.json.config.json. torchrun shards images; the merged output is identical.",
     )
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--head", nargs="*", metavar="HEAD.pth", help="calibrated head from 'simcal calibrate'")
+    p.add_argument("--mode", choices=("orig", "cal", "sel", "avg"), default="sel")
+    p.add_argument("--T", type=float, default=300, help="sel/avg: classes with N_z <= T use the calibrated "
+                   "head (paper Eq. 2; default 300)")
+    p.add_argument("--data", metavar="DIR")
+    p.add_argument("--split", default="val")
+    p.add_argument("--ann", metavar="FILE")
+    p.add_argument("--images", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="RESULTS.json")
+    p.add_argument("--posthoc", choices=("none", "norcal", "logit_adjust", "tau_norm"), default="none")
+    p.add_argument("--gamma", type=float, default=1.0, help="norcal / logit_adjust gamma, tau_norm tau")
+    p.add_argument("--props-gt", action="store_true", help="label proposals with their GT class (upper bound)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.infer.infer import main
+
+        return main(args)
+
+    p.set_defaults(func=run)

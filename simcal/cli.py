@@ -47,10 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from simcal.data.errors import InputError
 
-    parser = get_args_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_extra_args", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = get_args_parser().parse_args(argv)
     try:
         rc = args.func(args)
     except InputError as e:

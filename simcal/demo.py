@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-PENDING = ("extract [4/6]", "calibrate [5/6]", "dual-head infer [6/6]")
+PENDING = ("extract, calibrate and dual-head rows of the report [6/6]",)
 
 #: Training length per preset: default is DESIGN.md §8.1's recipe; quick is a smoke run.
 TRAIN_ITERS = {"default": 3000, "quick": 150}

@@ -64,3 +64,26 @@ def quick_bench(tmp_path_factory) -> Path:
 
     out, _ = synthesize(tmp_path_factory.mktemp("bench") / "quick", "quick", seed=0, show_progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_detector(quick_bench, tmp_path_factory) -> Path:
+    """A tiny detector briefly trained on the quick benchmark (~10 s), so its RPN finds objects."""
+    out = tmp_path_factory.mktemp("det") / "tiny.pth"
+    r = run_simcal("train", "--data", quick_bench, "--out", out, "--iters", "30", "--batch-size", "4",
+                   "--warmup", "5", "--lr", "0.02")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_caches(quick_bench, quick_detector, tmp_path_factory) -> dict:
+    """Feature caches of the quick benchmark's train and val splits."""
+    root = tmp_path_factory.mktemp("caches")
+    out = {}
+    for split in ("train", "val"):
+        out[split] = root / f"{split}.zarr"
+        r = run_simcal("extract", "--checkpoint", quick_detector, "--data", quick_bench, "--split", split,
+                       "--out", out[split])
+        assert r.returncode == 0, r.stderr
+    return out

@@ -1,0 +1,219 @@
+"""``simcal calibrate``: one head, the sampler statistics, or a sweep, from one cache load.
+
+    simcal calibrate --cache train.zarr --head 3fc_ft --steps 1000 --out head.pth
+    simcal calibrate --cache train.zarr --sample-only --steps 500 --stats sampler.json --out unused.pth
+    simcal calibrate --cache train.zarr --sweep grid.json --eval-cache val.zarr --out sweep/
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simcal.data.errors import input_error
+
+
+def _config(args: argparse.Namespace, **override: Any):
+    from simcal.calibrate.trainer import CalibConfig
+
+    try:
+        lr_steps = tuple(float(s) for s in args.lr_steps.split(",") if s.strip())
+    except ValueError:
+        raise input_error(None, f"--lr-steps {args.lr_steps!r} is not a comma-separated list of fractions")
+    cfg = CalibConfig(head=args.head, sampler=args.sampler, loss=args.loss, steps=args.steps, lr=args.lr,
+                      lr_steps=lr_steps, classes_per_batch=args.classes_per_batch,
+                      images_per_class=args.images_per_class, bg_ratio=args.bg_ratio, batch_rows=args.batch_rows,
+                      seed=args.seed)
+    for k, v in override.items():
+        setattr(cfg, k, v)
+    from simcal.calibrate.heads import HEADS
+    from simcal.calibrate.samplers import SAMPLERS
+    from simcal.detector.losses import LOSSES
+
+    for what, value, known in (("head", cfg.head, HEADS), ("sampler", cfg.sampler, SAMPLERS),
+                               ("loss", cfg.loss, LOSSES)):
+        if value not in known:
+            raise input_error(None, f"unknown {what} {value!r}", f"choose from {', '.join(known)}")
+    if not isinstance(cfg.steps, int) or cfg.steps <= 0:
+        raise input_error(None, f"steps must be a positive integer (got {cfg.steps!r})")
+    return cfg
+
+
+def sampler_statistics(cache, index, cfg) -> dict[str, Any]:
+    """Draw ``cfg.steps`` batches exactly as the trainer would and count what they hold."""
+    from simcal.calibrate.samplers import build_sampler
+
+    sampler = build_sampler(cfg.sampler, index, seed=cfg.seed, classes_per_batch=cfg.classes_per_batch,
+                            bg_ratio=cfg.bg_ratio, batch_rows=cfg.batch_rows, images_per_class=cfg.images_per_class)
+    ids = [c["id"] for c in cache.attrs["categories"]]
+    draws, fg_rows = Counter(), Counter()
+    bg_rows = images = 0
+    for _ in range(cfg.steps):
+        b = sampler.sample()
+        lab = index.labels[b.rows]
+        drawn = b.drawn_classes if len(b.drawn_classes) else np.unique(lab[lab > 0])
+        draws.update(int(c) for c in drawn)
+        fg_rows.update(int(c) for c in lab[lab > 0])
+        bg_rows += int((lab == 0).sum())
+        images += len(b.images)
+    return {
+        "sampler": cfg.sampler,
+        "batches": cfg.steps,
+        "class_draws": {str(ids[c - 1]): n for c, n in sorted(draws.items())},
+        "fg_rows": {str(ids[c - 1]): n for c, n in sorted(fg_rows.items())},
+        "bg_rows": bg_rows,
+        "images": images,
+    }
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _open(path: str):
+    from simcal.extract.schema import Cache
+
+    cache = Cache(path)
+    if not (np.diff(cache.index("class_row_ptr"))[1:] > 0).any():
+        raise input_error(cache.path, "has no foreground rows for any class", "re-extract it with a trained detector")
+    return cache
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    from simcal.data.cli import write_json_atomic
+
+    write_json_atomic(path, doc, indent=2)
+
+
+def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
+             source=None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from simcal.calibrate.evaluate_cache import proposal_accuracy
+    from simcal.calibrate.trainer import head_checkpoint, save_head, train_head
+
+    log_path = out.with_name(out.name + ".log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
+                                        disable=None, leave=False) as bar:
+        head, info = train_head(cache, cfg, device, reader, index, lambda rec: f.write(json.dumps(rec) + "\n"), bar,
+                                source)
+    ck = head_checkpoint(head, cfg, cache, info)
+    save_head(ck, out)
+    _write_json(out.with_name(out.name + ".config.json"), {**ck["config"], "cache": str(cache.path),
+                                                           "device": str(device)})
+    row = {**ck["config"], "head_file": str(out), "steps_per_s": round(info["steps_per_s"], 1)}
+    if eval_cache is not None:
+        row.update(proposal_accuracy(head, eval_cache, eval_reader, device=device))
+    return row
+
+
+def _results_table(rows: list[dict[str, Any]]) -> str:
+    cols = ["head", "sampler", "loss", "steps", "seed", "steps_per_s"]
+    acc = [c for c in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc") if c in rows[0]]
+    lines = ["| " + " | ".join(cols + acc) + " |", "|" + "---|" * (len(cols) + len(acc))]
+    for r in rows:
+        vals = [str(r[c]) for c in cols] + [f"{100 * r[c]:.1f}" if r[c] >= 0 else "-" for c in acc]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _run_online(args: argparse.Namespace, cfg, device) -> int:
+    """The reference: a frozen detector forward every step instead of the cache."""
+    from simcal.calibrate.online import OnlineSource
+    from simcal.calibrate.trainer import DetectorSpec
+    from simcal.data.annotations import load_annotations
+    from simcal.detector.checkpoint import check_categories, load_checkpoint
+
+    if not args.checkpoint or not args.data:
+        raise input_error(None, "--source online needs --checkpoint CKPT and --data DIR")
+    if args.sweep or args.sample_only or cfg.sampler != "bilevel":
+        raise input_error(None, "--source online runs one bi-level calibration; sweeps, --sample-only and "
+                          "other samplers work from a cache")
+    model, ck = load_checkpoint(args.checkpoint, device)
+    model.requires_grad_(False)
+    ann_path = Path(args.data) / "annotations" / "train.json"
+    ann = load_annotations(ann_path)
+    check_categories(ck, ann.mapping, args.checkpoint, ann_path)
+    source = OnlineSource(model, ann, Path(args.data) / "images" / "train", cfg.seed, cfg.classes_per_batch,
+                          cfg.bg_ratio)
+    spec = DetectorSpec(model, ck, args.checkpoint)
+    eval_cache = _open(args.eval_cache) if args.eval_cache else None
+    row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source)
+    print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)", file=sys.stderr)
+    if eval_cache is not None:
+        print(_results_table([row]))
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from simcal.calibrate.reader import FeatureReader
+    from simcal.calibrate.samplers import CacheIndex
+
+    cfg = _config(args)
+    device = _device(args.device)
+    if args.source == "online":
+        return _run_online(args, cfg, device)
+    if not args.cache:
+        raise input_error(None, "--cache is required (or --source online with --checkpoint and --data)")
+    cache = _open(args.cache)
+    index = CacheIndex.from_cache(cache)
+    out = Path(args.out)
+
+    if args.sample_only:
+        if not args.stats:
+            raise input_error(None, "--sample-only needs --stats OUT.json")
+        stats = sampler_statistics(cache, index, cfg)
+        _write_json(Path(args.stats), stats)
+        print(f"wrote {args.stats}: {stats['batches']} batches, {sum(stats['fg_rows'].values())} fg rows, "
+              f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
+        return 0
+
+    reader = FeatureReader(cache, args.preload, device)
+    eval_cache = eval_reader = None
+    if args.eval_cache:
+        eval_cache = _open(args.eval_cache)
+        if eval_cache.attrs["detector_fingerprint"] != cache.attrs["detector_fingerprint"]:
+            raise input_error(eval_cache.path, "was extracted with another detector than --cache",
+                              "extract both caches with the same checkpoint")
+        eval_reader = FeatureReader(eval_cache, args.preload, device)
+
+    if args.sweep:
+        try:
+            grid = json.loads(Path(args.sweep).read_text())
+        except (OSError, ValueError) as e:
+            raise input_error(args.sweep, f"is not a readable JSON grid ({e})")
+        keys = ("head", "sampler", "loss", "steps", "seed")
+        unknown = sorted(set(grid) - set(keys))
+        if not isinstance(grid, dict) or unknown:
+            raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
+        axes = [[*grid.get(k, [getattr(cfg, k)])] for k in keys]
+        rows = []
+        configs = list(itertools.product(*axes))
+        for n, combo in enumerate(configs, 1):
+            c = _config(args, **dict(zip(keys, combo)))
+            name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
+            print(f"[{n}/{len(configs)}] {name}", file=sys.stderr)
+            rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader))
+        _write_json(out / "results.json", rows)
+        table = _results_table(rows)
+        (out / "results.md").write_text(table + "\n")
+        print(table)
+        return 0
+
+    row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
+    print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "
+          f"{row['steps_per_s']} steps/s)", file=sys.stderr)
+    if eval_cache is not None:
+        print(_results_table([row]))
+    return 0

@@ -1,0 +1,199 @@
+"""The head trainer: retrain a classification head on sampler batches read from the cache.
+
+Released-code optimisation (DESIGN.md §5): plain SGD, lr 0.01, no momentum, no
+weight decay, lr x0.1 and x0.01 late in training; cross-entropy over C+1 classes
+(paper Eq. 1) or one of the shared long-tail losses. Batches are drawn and read in
+a background thread so reads overlap compute; the same seed gives the same head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+FORMAT = "simcal.head/1"
+
+
+@dataclass
+class CalibConfig:
+    head: str = "3fc_ft"
+    sampler: str = "bilevel"
+    loss: str = "ce"
+    steps: int = 1000
+    lr: float = 0.01
+    lr_steps: tuple[float, ...] = (0.75, 0.92)
+    classes_per_batch: int = 16
+    images_per_class: int = 1
+    bg_ratio: float = 1.0
+    batch_rows: int = 256
+    seed: int = 0
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_fingerprint(attrs: dict[str, Any]) -> str:
+    """Identity of a cache's content: detector, annotations and extraction parameters."""
+    key = {k: attrs.get(k) for k in ("detector_fingerprint", "annotation_fingerprint", "params", "schema_version")}
+    return "sha256:" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def train_head(
+    cache,
+    cfg: CalibConfig,
+    device: torch.device | str = "cpu",
+    reader=None,
+    index=None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    progress: Any = None,
+    source: Any = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one head; ``reader``/``index`` may be shared across a sweep (the cache is read once).
+
+    ``cache`` may be a :class:`DetectorSpec` with an online ``source`` (``source.sample() -> (x, y)``)
+    instead of cache batches.
+    """
+    from simcal.calibrate.heads import build_head
+    from simcal.calibrate.reader import FeatureReader, prefetch
+    from simcal.calibrate.samplers import CacheIndex, build_sampler
+    from simcal.detector.losses import build_classification_loss
+
+    device = torch.device(device)
+    det = cache.detector_head()
+    num_classes = len(cache.attrs["categories"])
+    hidden = int(det["fc6.weight"].shape[0])
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head, cache.dim, num_classes, hidden, det).to(device)
+    if source is None:
+        reader = reader or FeatureReader(cache, "none", device)
+        index = index or CacheIndex.from_cache(cache)
+        kw = {"seed": cfg.seed, "classes_per_batch": cfg.classes_per_batch, "bg_ratio": cfg.bg_ratio,
+              "batch_rows": cfg.batch_rows, "images_per_class": cfg.images_per_class}
+        sampler = build_sampler(cfg.sampler, index, **kw)
+
+        def produce():
+            b = sampler.sample()
+            x, y = reader.read(b.rows)
+            return len(b.rows), x, y
+    else:
+        def produce():
+            x, y = source.sample()
+            return len(y), x, y
+    counts = [c["instance_count"] for c in cache.attrs["categories"]]
+    loss_fn = build_classification_loss(cfg.loss, counts, **cfg.loss_kwargs)
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.0, weight_decay=0.0) if trainable else None
+    marks = [int(f * cfg.steps) for f in cfg.lr_steps]
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** sum(s >= m for m in marks))
+             if opt else None)
+
+    t0 = time.perf_counter()
+    head.train()
+    # The online source runs the detector: keep it on this thread (CUDA streams, no GIL contention).
+    batches = prefetch(produce) if source is None else iter(produce, None)
+    for step in range(cfg.steps):
+        n_rows, x, y = next(batches)
+        if opt is None:  # nearest class mean: accumulate, no gradient
+            head.accumulate(x, y)
+            loss = torch.zeros(())
+            with torch.no_grad():
+                logits = head(x)
+        else:
+            logits = head(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            fg = y > 0
+            fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
+            bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
+        if log is not None and ((step + 1) % 50 == 0 or step + 1 == cfg.steps):
+            log({"step": step + 1, "loss": float(loss), "fg_acc": fg_acc, "bg_acc": bg_acc,
+                 "lr": opt.param_groups[0]["lr"] if opt else 0.0, "rows": int(n_rows)})
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss):.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
+                                 refresh=False)
+    if source is None:
+        batches.close()
+    head.eval()
+    info = {"steps": cfg.steps, "seconds": time.perf_counter() - t0,
+            "steps_per_s": cfg.steps / max(time.perf_counter() - t0, 1e-9)}
+    return head, info
+
+
+class DetectorSpec:
+    """What a head needs to know about its detector when there is no cache (the online source)."""
+
+    def __init__(self, model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
+        heads = model.roi_heads
+        self.dim = int(heads.box_head.fc6.in_features)
+        self.path = Path(path)
+        self.attrs = {"categories": ckpt["category_stats"], "detector_fingerprint": ckpt["detector_fingerprint"],
+                      "source": "online"}
+        self._head = {f"{m}.{p}": getattr(mod, p).detach().float().cpu().numpy()
+                      for m, mod in (("fc6", heads.box_head.fc6), ("fc7", heads.box_head.fc7),
+                                     ("cls_score", heads.box_predictor.cls_score)) for p in ("weight", "bias")}
+
+    def detector_head(self) -> dict[str, np.ndarray]:
+        return self._head
+
+
+def head_checkpoint(head: torch.nn.Module, cfg: CalibConfig, cache, info: dict[str, Any]) -> dict[str, Any]:
+    det = cache.detector_head()
+    return {
+        "format": FORMAT,
+        "head": cfg.head,
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "head_kwargs": {"dim": cache.dim, "num_classes": len(cache.attrs["categories"]),
+                        "hidden": int(det["fc6.weight"].shape[0])},
+        "cache_fingerprint": cache_fingerprint(cache.attrs),
+        "detector_fingerprint": cache.attrs["detector_fingerprint"],
+        "categories": cache.attrs["categories"],
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "steps": cfg.steps,
+        "train_info": info,
+    }
+
+
+def save_head(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_head(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a calibrated head (weights_only); one-sentence InputError for foreign or corrupt files."""
+    from simcal.calibrate.heads import build_head
+    from simcal.data.errors import input_error
+
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise input_error(path, "does not exist", "pass a head written by 'simcal calibrate'")
+    except Exception as e:
+        raise input_error(path, f"is not a readable head checkpoint ({type(e).__name__})")
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise input_error(path, "is not a SimCal head checkpoint", "pass a head written by 'simcal calibrate'")
+    kw = ck["head_kwargs"]
+    # 3fc_ft / 2fc_ncm weights come from the state_dict; the init tensors only need the right shapes
+    shapes = {"fc6.weight": (kw["hidden"], kw["dim"]), "fc6.bias": (kw["hidden"],),
+              "fc7.weight": (kw["hidden"], kw["hidden"]), "fc7.bias": (kw["hidden"],),
+              "cls_score.weight": (kw["num_classes"] + 1, kw["hidden"]), "cls_score.bias": (kw["num_classes"] + 1,)}
+    head = build_head(ck["head"], kw["dim"], kw["num_classes"], kw["hidden"],
+                      {k: np.zeros(s, np.float32) for k, s in shapes.items()})
+    head.load_state_dict(ck["state_dict"])
+    return head.eval(), ck

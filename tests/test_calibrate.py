@@ -1,0 +1,143 @@
+"""Calibration from the cache: sampler statistics, heads, determinism, sweeps, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_simcal
+
+from simcal.calibrate.heads import build_head
+from simcal.calibrate.samplers import CacheIndex, build_sampler
+from simcal.calibrate.trainer import CalibConfig, load_head, train_head
+from simcal.data.statistics import instance_bin
+from simcal.detector.checkpoint import load_checkpoint
+from simcal.extract.schema import Cache
+
+
+@pytest.fixture(scope="module")
+def train_cache(quick_caches):
+    return Cache(quick_caches["train"])
+
+
+@pytest.fixture(scope="module")
+def index(train_cache):
+    return CacheIndex.from_cache(train_cache)
+
+
+def test_bilevel_draws_classes_uniformly_and_keeps_only_their_rows(index):
+    s = build_sampler("bilevel", index, seed=0, classes_per_batch=16)
+    draws = np.zeros(index.num_classes + 1)
+    fg_total = bg_total = 0
+    for _ in range(1000):
+        b = s.sample()
+        np.add.at(draws, b.drawn_classes, 1)
+        lab = index.labels[b.rows]
+        fg = lab > 0
+        # only foreground rows of the drawn classes, from the images drawn for them
+        assert set(lab[fg].tolist()) <= set(b.drawn_classes.tolist())
+        img = np.searchsorted(index.image_row_ptr, b.rows, side="right") - 1
+        assert set(img.tolist()) <= set(b.images.tolist())
+        for c in set(lab[fg].tolist()):
+            assert set(img[fg & (lab == c)].tolist()) <= set(index.images_of_class(c).tolist())
+        fg_total += int(fg.sum())
+        bg_total += int((~fg).sum())
+    present = index.classes_with_rows()
+    assert len(present) == 12
+    expected = 16_000 / len(present)
+    chi2 = float((((draws[present] - expected) ** 2) / expected).sum())
+    assert chi2 < 31.3  # chi-square, 11 degrees of freedom, p = 0.001
+    assert abs(bg_total / fg_total - 1.0) < 0.02  # fg:bg = 1:1 from the batch's own background
+
+
+def test_random_sampler_follows_the_long_tail(index, train_cache):
+    s = build_sampler("random", index, seed=0, batch_rows=256)
+    bins = np.array([0] + [instance_bin(c["instance_count"]) for c in train_cache.attrs["categories"]])
+    per_bin = np.zeros(5)
+    for _ in range(200):
+        lab = index.labels[s.sample().rows]
+        np.add.at(per_bin, bins[lab[lab > 0]], 1)
+    assert per_bin[4] > 20 * max(per_bin[1], 1)
+    cb = build_sampler("class_balanced", index, seed=0)
+    per_bin_cb = np.zeros(5)
+    for _ in range(200):
+        b = cb.sample()
+        np.add.at(per_bin_cb, bins[b.drawn_classes], 1)
+    assert per_bin_cb[1] == pytest.approx(per_bin_cb[4], rel=0.25)  # 3 classes each: balanced
+
+
+def test_sample_only_stats(quick_caches, tmp_path):
+    out = tmp_path / "stats.json"
+    r = run_simcal("calibrate", "--cache", quick_caches["train"], "--sample-only", "--steps", "50", "--stats", out,
+                   "--out", tmp_path / "unused.pth")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert s["batches"] == 50 and sum(s["class_draws"].values()) == 800
+    assert s["bg_rows"] == pytest.approx(sum(s["fg_rows"].values()), rel=0.05)
+    assert not (tmp_path / "unused.pth").exists()
+
+
+def test_heads_build_and_3fc_ft_starts_as_the_detector(train_cache, quick_detector):
+    det = train_cache.detector_head()
+    C, D = len(train_cache.attrs["categories"]), train_cache.dim
+    x = torch.from_numpy(np.asarray(train_cache["features"][:64]).astype(np.float32))
+    for name in ("linear", "2fc_rand", "3fc_rand", "3fc_ft", "2fc_ncm"):
+        head = build_head(name, D, C, 256, det)
+        if name == "2fc_ncm":
+            head.accumulate(x, torch.from_numpy(np.asarray(train_cache["labels"][:64]).astype(np.int64)))
+        assert head(x).shape == (64, C + 1)
+    model, _ = load_checkpoint(quick_detector)
+    with torch.no_grad():
+        ref, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(x.reshape(64, 64, 7, 7)))
+        ours = build_head("3fc_ft", D, C, 256, det)(x)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path):
+    cfg = CalibConfig(head="2fc_rand", steps=30, seed=3)
+    a, _ = train_head(train_cache, cfg)
+    b, _ = train_head(train_cache, cfg)
+    c, _ = train_head(train_cache, CalibConfig(head="2fc_rand", steps=30, seed=4))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    assert not torch.equal(a.state_dict()["cls_score.weight"], c.state_dict()["cls_score.weight"])
+    out = tmp_path / "h.pth"
+    r = run_simcal("calibrate", "--cache", train_cache.path, "--head", "3fc_ft", "--steps", "40", "--out", out)
+    assert r.returncode == 0, r.stderr
+    head, ck = load_head(out)
+    assert ck["head"] == "3fc_ft" and ck["steps"] == 40 and ck["detector_fingerprint"].startswith("sha256:")
+    assert ck["cache_fingerprint"].startswith("sha256:") and ck["config"]["sampler"] == "bilevel"
+    torch.load(out, weights_only=True)
+    log = [json.loads(line) for line in (tmp_path / "h.pth.log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 40 and {"loss", "fg_acc", "bg_acc"} <= set(log[-1])
+
+
+def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"head": ["3fc_ft", "2fc_rand"], "steps": [20]}))
+    out = tmp_path / "sweep"
+    r = run_simcal("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--eval-cache",
+                   quick_caches["val"], "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [row["head"] for row in rows] == ["3fc_ft", "2fc_rand"]
+    assert all(0 <= row["acc_bin4"] <= 1 and 0 <= row["bg_acc"] <= 1 for row in rows)
+    assert (out / "3fc_ft_bilevel_ce_s20_seed0.pth").exists()
+    assert "| head | sampler |" in (out / "results.md").read_text()
+
+
+def test_bad_calibration_input_is_refused(quick_caches, tmp_path):
+    cache = quick_caches["train"]
+    for argv, msg in (
+        (["--steps", "0"], "steps must be a positive integer"),
+        (["--sample-only"], "--sample-only needs --stats"),
+        (["--source", "online"], "--source online needs --checkpoint CKPT and --data DIR"),
+    ):
+        r = run_simcal("calibrate", "--cache", cache, "--out", tmp_path / "h.pth", *argv)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+    grid = tmp_path / "bad.json"
+    grid.write_text(json.dumps({"head": ["5fc"]}))
+    r = run_simcal("calibrate", "--cache", cache, "--sweep", grid, "--out", tmp_path / "s")
+    assert r.returncode == 2 and "unknown head '5fc'" in r.stderr
+    r = run_simcal("calibrate", "--cache", tmp_path / "missing.zarr", "--out", tmp_path / "h.pth")
+    assert r.returncode == 2 and "does not exist" in r.stderr
