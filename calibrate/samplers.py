@@ -105,7 +105,12 @@ class Sampler:
         raise NotImplementedError
 
     def _with_background(self, fg: np.ndarray, images: np.ndarray, drawn: np.ndarray) -> Batch:
-        """fg rows + background rows of ``images`` subsampled to bg_ratio x len(fg)."""
+        """fg rows + background rows of ``images`` subsampled to bg_ratio x len(fg).
+
+        A (class, image) pair drawn twice is read once: rows are deduplicated, and the
+        background target follows the deduplicated foreground count.
+        """
+        fg = np.unique(fg)
         lab = self.index.labels
         bg_parts = []
         for i in np.unique(images):
@@ -114,7 +119,7 @@ class Sampler:
         bg = np.concatenate(bg_parts) if bg_parts else np.zeros(0, dtype=np.int64)
         bg = _subsample(bg, int(round(self.bg_ratio * len(fg))), self.rng)
         rows = np.unique(np.concatenate([fg, bg]).astype(np.int64))
-        return Batch(rows, drawn, np.unique(images), int(len(np.unique(fg))))
+        return Batch(rows, drawn, np.unique(images), int(len(fg)))
 
 
 class BilevelSampler(Sampler):
