@@ -114,7 +114,9 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
                                                            "device": str(device)})
     row = {**ck["config"], "head_file": str(out), "steps_per_s": round(info["steps_per_s"], 1)}
     if eval_cache is not None:
-        row.update(proposal_accuracy(head, eval_cache, eval_reader, device=device))
+        acc = proposal_accuracy(head, eval_cache, eval_reader, device=device)
+        _write_json(out.with_name(out.name + ".eval.json"), {"eval_cache": str(eval_cache.path), **acc})
+        row.update(acc)
     return row
 
 

@@ -34,15 +34,17 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--preload", choices=("none", "ram", "gpu"), default="none",
-                   help="read features from the store every batch, or copy them to RAM / the GPU once")
+    p.add_argument("--preload", choices=("auto", "none", "ram", "gpu"), default="auto",
+                   help="none: read features from the store every batch; ram / gpu: copy them there once; "
+                   "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none")
     p.add_argument("--sample-only", action="store_true", help="draw the batches, train nothing; needs --stats")
     p.add_argument("--stats", metavar="OUT.json", help="with --sample-only: write sampler statistics here")
     p.add_argument("--sweep", metavar="GRID.json",
                    help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
                    '[...], "seed": [...]} loading the cache once; --out is then a folder')
     p.add_argument("--eval-cache", metavar="VAL_CACHE",
-                   help="score each head by proposal classification accuracy per bin on a val cache")
+                   help="score each head by proposal classification accuracy per bin on a val cache "
+                   "(printed, and written to HEAD.pth.eval.json)")
     p.add_argument("--source", choices=("cache", "online"), default="cache",
                    help="cache (default), or online: a frozen detector forward every step (the reference)")
     p.add_argument("--checkpoint", metavar="CKPT", help="detector checkpoint (for --source online)")

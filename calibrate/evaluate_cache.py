@@ -21,7 +21,7 @@ def proposal_accuracy(head: torch.nn.Module, cache, reader=None, block: int = 81
                       device: torch.device | str = "cpu") -> dict[str, Any]:
     from simcal.calibrate.reader import FeatureReader
 
-    reader = reader or FeatureReader(cache, "none", device)
+    reader = reader or FeatureReader(cache, "auto", device)
     R = cache.num_rows
     preds = np.empty(R, dtype=np.int64)
     head.eval()

@@ -55,7 +55,10 @@ class OnlineSource:
         idx = [int(self.images_of[int(c)][self.rng.integers(0, len(self.images_of[int(c)]))]) for c in classes]
         items = [self.dataset[i] for i in idx]
         imgs = [im.to(self.device) for im, _ in items]
-        tgts = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for _, t in items]
+        # torchvision's target check wants a "masks" entry on a Mask R-CNN; the RoI sampler never reads it
+        tgts = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device),
+                 "masks": torch.zeros((len(t["labels"]), 1, 1), dtype=torch.uint8, device=self.device)}
+                for _, t in items]
         image_list, tgts = m.transform(imgs, tgts)
         feats = m.backbone(image_list.tensors)
         proposals, _ = m.rpn(image_list, feats)

@@ -1,10 +1,13 @@
 """Reading batches of rows from a feature cache, with a background prefetch thread.
 
 ``FeatureReader.read(rows)`` takes ascending row indices and returns ``(B, D)``
-float32 features: consecutive rows are coalesced into one slice each, so a
-bi-level batch (rows grouped by image) costs a handful of contiguous reads.
-``--preload ram`` copies the features into memory once (float16/int8 as stored),
-``gpu`` onto the device; ``none`` reads from the store every batch.
+float32 features. ``--preload ram`` copies the features into memory once
+(float16/int8 as stored) and gathers rows from there; ``gpu`` does the same on the
+device; ``none`` reads from the store every batch with one orthogonal selection,
+so zarr reads each touched chunk once (a bi-level batch touches about two chunks
+per image, since rows are grouped by image); ``auto`` (the default) preloads to
+RAM when the features take at most ``AUTO_RAM_FRACTION`` of the machine's memory
+and 8 GiB, else reads from the store.
 """
 
 from __future__ import annotations
@@ -16,7 +19,22 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-PRELOAD = ("none", "ram", "gpu")
+PRELOAD = ("auto", "none", "ram", "gpu")
+AUTO_RAM_FRACTION = 0.4
+AUTO_RAM_MAX = 8 * 2**30
+
+
+def resolve_preload(preload: str, nbytes: int) -> str:
+    """``auto`` -> ``ram`` when the features fit comfortably in memory, else ``none``."""
+    if preload != "auto":
+        return preload
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    return "ram" if nbytes <= min(AUTO_RAM_FRACTION * total, AUTO_RAM_MAX) else "none"
 
 
 def runs(rows: np.ndarray) -> list[tuple[int, int]]:
@@ -30,11 +48,14 @@ def runs(rows: np.ndarray) -> list[tuple[int, int]]:
 
 
 class FeatureReader:
-    def __init__(self, cache, preload: str = "none", device: torch.device | str = "cpu") -> None:
+    def __init__(self, cache, preload: str = "auto", device: torch.device | str = "cpu") -> None:
         self.cache = cache
         self.device = torch.device(device)
         self.features = cache["features"]
         self.scale = cache["feature_scale"] if str(self.features.dtype) == "int8" else None
+        nbytes = int(np.prod(self.features.shape)) * self.features.dtype.itemsize
+        preload = resolve_preload(preload, nbytes)
+        self.preload = preload
         self.memory: torch.Tensor | None = None
         self.memory_scale: torch.Tensor | None = None
         if preload in ("ram", "gpu"):
@@ -46,6 +67,12 @@ class FeatureReader:
             raise ValueError(f"unknown preload {preload!r}; choose from {', '.join(PRELOAD)}")
         self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64))
 
+    @staticmethod
+    def _read_store(array, rows: np.ndarray) -> np.ndarray:
+        if hasattr(array, "get_orthogonal_selection"):  # zarr: one call, each chunk read once
+            return np.asarray(array.get_orthogonal_selection((rows, slice(None)) if array.ndim == 2 else (rows,)))
+        return np.concatenate([np.asarray(array[a:b]) for a, b in runs(rows)])  # h5py: contiguous runs
+
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) float32 features and (B,) int64 labels of ascending ``rows``, on the device."""
         labels = self.labels[torch.from_numpy(rows)]
@@ -55,11 +82,9 @@ class FeatureReader:
             if self.memory_scale is not None:
                 x = x * self.memory_scale[idx][:, None]
         else:
-            parts = [np.asarray(self.features[a:b]) for a, b in runs(rows)]
-            x = torch.from_numpy(np.concatenate(parts)).float()
+            x = torch.from_numpy(self._read_store(self.features, rows)).float()
             if self.scale is not None:
-                sc = np.concatenate([np.asarray(self.scale[a:b]) for a, b in runs(rows)])
-                x = x * torch.from_numpy(sc)[:, None]
+                x = x * torch.from_numpy(self._read_store(self.scale, rows))[:, None]
         return x.to(self.device, non_blocking=True), labels.to(self.device)
 
 

@@ -71,7 +71,7 @@ def train_head(
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, cache.dim, num_classes, hidden, det).to(device)
     if source is None:
-        reader = reader or FeatureReader(cache, "none", device)
+        reader = reader or FeatureReader(cache, "auto", device)
         index = index or CacheIndex.from_cache(cache)
         kw = {"seed": cfg.seed, "classes_per_batch": cfg.classes_per_batch, "bg_ratio": cfg.bg_ratio,
               "batch_rows": cfg.batch_rows, "images_per_class": cfg.images_per_class}
@@ -111,18 +111,22 @@ def train_head(
             loss.backward()
             opt.step()
             sched.step()
-        with torch.no_grad():
-            pred = logits.argmax(1)
-            fg = y > 0
-            fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
-            bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
-        if log is not None and ((step + 1) % 50 == 0 or step + 1 == cfg.steps):
+        # accuracies cost a few syncs: only where they are shown (log lines, every 10th bar update)
+        show = (step + 1) % 50 == 0 or step + 1 == cfg.steps
+        if show or (progress is not None and step % 10 == 0):
+            with torch.no_grad():
+                pred = logits.argmax(1)
+                fg = y > 0
+                fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
+                bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
+            if progress is not None:
+                progress.set_postfix(loss=f"{float(loss):.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
+                                     refresh=False)
+        if log is not None and show:
             log({"step": step + 1, "loss": float(loss), "fg_acc": fg_acc, "bg_acc": bg_acc,
                  "lr": opt.param_groups[0]["lr"] if opt else 0.0, "rows": int(n_rows)})
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss):.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
-                                 refresh=False)
     if source is None:
         batches.close()
     head.eval()
