@@ -106,8 +106,8 @@ def _report(out: Path, preset: str, summary: dict, caps: dict) -> str:
         "",
         "## Not run yet",
         "",
-        "These stages have not landed, so their rows (calibrated head, dual head, sweeps) are absent, "
-        "not faked: " + ", ".join(PENDING) + ".",
+        "The calibrated, dual-head, sweep, props-gt and post-hoc rows of this report come with "
+        + ", ".join(PENDING) + "; until then they are absent, not faked (the commands exist: see README).",
     ]
     return "\n".join(lines) + "\n"
 
