@@ -57,7 +57,7 @@ def test_class_agnostic_heads_share_one_regressor_and_mask():
     scores, deltas = heads.box_predictor(x)
     d = deltas.reshape(3, 6, 4)
     assert torch.equal(d, d[:, :1].expand(-1, 6, -1))
-    m = heads.mask_predictor(torch.randn(2, 64, 7, 7))
+    m = heads.mask_predictor(torch.randn(2, 32, 7, 7))
     assert m.shape == (2, 6, 14, 14) and torch.equal(m[:, 2], m[:, 5])
     images, targets = _batch()
     model.train()
