@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="cache steps (online runs a tenth, at least 10)")
     p.add_argument("--quick", action="store_true", help="100 cache steps, 10 online steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (both sources run there)")
+    p.add_argument("--h5", help="the cache's h5 export ('simcal cache export'): also time reads from it")
     args = p.parse_args()
 
     from simcal.calibrate.online import OnlineSource
@@ -87,6 +88,21 @@ def main() -> None:
     torch.from_numpy(raw).float()
     raw_bps = raw_rows * row_bytes / (time.perf_counter() - t)
 
+    h5 = {}
+    if args.h5:
+        hc = Cache(args.h5)
+        h5_reader = FeatureReader(hc, "none", device)
+        _, h5_info = train_head(hc, CalibConfig(head="3fc_ft", steps=steps, seed=0), device, reader=h5_reader)
+        for a in range(0, hc.num_rows, 65536):
+            np.asarray(hc["features"][a : a + 65536])
+        h5_bps, _ = sampled_bps(h5_reader, steps)
+        t = time.perf_counter()
+        torch.from_numpy(np.asarray(hc["features"][start : start + raw_rows])).float()
+        h5_raw_bps = raw_rows * row_bytes / (time.perf_counter() - t)
+        h5 = {"steps_per_s_h5": round(h5_info["steps_per_s"], 2), "h5_read_mb_per_s": round(h5_bps / 1e6, 1),
+              "h5_raw_read_mb_per_s": round(h5_raw_bps / 1e6, 1),
+              "h5_read_fraction_of_raw": round(h5_bps / h5_raw_bps, 3)}
+
     out = {
         "steps_per_s_cache": round(cache_info["steps_per_s"], 2),
         "steps_per_s_online": round(online_info["steps_per_s"], 3),
@@ -104,11 +120,15 @@ def main() -> None:
         "rows_per_batch": round(n_rows / steps, 1),
         "dim": cache.dim,
         "device": str(device),
+        **h5,
     }
     print(f"cache ({out['preload']}): {out['steps_per_s_cache']} steps/s; store: {out['steps_per_s_store']} "
           f"steps/s; online: {out['steps_per_s_online']} steps/s; speed-up {out['speedup']}x "
           f"({out['speedup_store']}x from the store); bi-level reads {out['ram_read_mb_per_s']} MB/s from RAM, "
           f"{out['store_read_mb_per_s']} MB/s from the store, raw contiguous {out['raw_read_mb_per_s']} MB/s")
+    if h5:
+        print(f"h5 export: {h5['steps_per_s_h5']} steps/s; bi-level reads {h5['h5_read_mb_per_s']} MB/s vs raw "
+              f"contiguous {h5['h5_raw_read_mb_per_s']} MB/s")
     print(json.dumps(out))
 
 

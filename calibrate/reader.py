@@ -7,7 +7,9 @@ device; ``none`` reads from the store every batch with one orthogonal selection,
 so zarr reads each touched chunk once (a bi-level batch touches about two chunks
 per image, since rows are grouped by image); ``auto`` (the default) preloads to
 RAM when the features take at most ``AUTO_RAM_FRACTION`` of the machine's memory
-and 8 GiB, else reads from the store.
+and 8 GiB, else reads from the store. Measured (benchmarks/calibrate_speed.py): reads
+from a zarr store are slow for these small scattered batches (about 70 MB/s), reads
+from the h5py export fast (about 770 MB/s): export caches that do not fit in memory.
 """
 
 from __future__ import annotations
