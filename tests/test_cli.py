@@ -43,11 +43,11 @@ def test_demo_runs_what_exists(tmp_path):
     r = run_simcal("demo", "--preset", "quick", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report.md").read_text()
-    assert "## Baseline tiny Mask R-CNN" in report and "[6/6]" in report
+    assert "## Table 3" in report and "dual head (sel)" in report and "[6/6]" in report
     assert (out / "train_instances.png").read_bytes()[:4] == b"\x89PNG"
     assert '"preset": "quick"' in (out / "config.json").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("baseline", "baseline_300"):
+    for key in ("baseline", "calibrated", "dual_sel", "dual_avg", "baseline_300", "dual_sel_300"):
         assert set(summary[key]["segm"]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}
     assert 0 <= summary["baseline"]["segm"]["AP"] <= 1
     # A second run reuses the detector and the predictions.
