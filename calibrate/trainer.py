@@ -170,12 +170,10 @@ def head_checkpoint(head: torch.nn.Module, cfg: CalibConfig, cache, info: dict[s
 
 
 def save_head(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    """Atomic write (temporary name, then rename), as for detector checkpoints."""
+    from simcal.detector.checkpoint import save_checkpoint
+
+    return save_checkpoint(ckpt, path)
 
 
 def load_head(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
