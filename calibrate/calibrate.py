@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from simcal.data.errors import input_error
 
@@ -72,12 +71,6 @@ def sampler_statistics(cache, index, cfg) -> dict[str, Any]:
         "bg_rows": bg_rows,
         "images": images,
     }
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def _open(path: str):
@@ -160,10 +153,11 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from simcal.calibrate.reader import FeatureReader
+    from simcal.detector.distributed import resolve_device
     from simcal.calibrate.samplers import CacheIndex
 
     cfg = _config(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.source == "online":
         return _run_online(args, cfg, device)
     if not args.cache:

@@ -139,14 +139,13 @@ class DetectorSpec:
     """What a head needs to know about its detector when there is no cache (the online source)."""
 
     def __init__(self, model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
-        heads = model.roi_heads
-        self.dim = int(heads.box_head.fc6.in_features)
+        from simcal.detector.checkpoint import classifier_weights
+
+        self.dim = int(model.roi_heads.box_head.fc6.in_features)
         self.path = Path(path)
         self.attrs = {"categories": ckpt["category_stats"], "detector_fingerprint": ckpt["detector_fingerprint"],
                       "source": "online"}
-        self._head = {f"{m}.{p}": getattr(mod, p).detach().float().cpu().numpy()
-                      for m, mod in (("fc6", heads.box_head.fc6), ("fc7", heads.box_head.fc7),
-                                     ("cls_score", heads.box_predictor.cls_score)) for p in ("weight", "bias")}
+        self._head = classifier_weights(model)
 
     def detector_head(self) -> dict[str, np.ndarray]:
         return self._head

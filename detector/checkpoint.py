@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from simcal.data.categories import CategoryMapping
@@ -67,6 +68,14 @@ def make_checkpoint(
         "train_args": train_args,
         "iteration": iteration,
     }
+
+
+def classifier_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The box head's fc6, fc7 and cls_score weights and biases as float32 arrays (what 3fc_ft starts from)."""
+    heads = model.roi_heads
+    layers = (("fc6", heads.box_head.fc6), ("fc7", heads.box_head.fc7), ("cls_score", heads.box_predictor.cls_score))
+    return {f"{name}.{p}": getattr(mod, p).detach().float().cpu().numpy() for name, mod in layers
+            for p in ("weight", "bias")}
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:

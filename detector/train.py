@@ -32,22 +32,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return add_train_arguments(argparse.ArgumentParser("simcal train", add_help=add_help))
 
 
-def resolve_data(args: argparse.Namespace, split: str = "train") -> tuple[Path, Path]:
-    """(annotation file, image root) from --data DIR or --train-ann/--ann + --images."""
-    ann_flag = getattr(args, "train_ann", None) or getattr(args, "ann", None)
-    if args.data and ann_flag:
-        raise input_error(None, "pass either --data or an annotation file with --images, not both")
-    if args.data:
-        root = Path(args.data)
-        ann = root / "annotations" / f"{split}.json"
-        if not ann.is_file():
-            raise input_error(root, f"has no annotations/{split}.json", "pass a folder written by 'simcal data synth'")
-        return ann, root / "images" / split
-    if not ann_flag or not args.images:
-        raise input_error(None, "no training data given", "pass --data DIR, or an annotation file with --images DIR")
-    return Path(ann_flag), Path(args.images)
-
-
 def lr_factor(it: int, warmup: int, steps: list[int]) -> float:
     """Linear warm-up from 0.001 to 1 over ``warmup`` iterations, then x0.1 at each step."""
     w = 1.0 if it >= warmup else 0.001 + (1 - 0.001) * it / max(warmup, 1)
@@ -73,7 +57,8 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.statistics import category_statistics
     from simcal.detector.builders import build
     from simcal.detector.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
-    from simcal.detector.distributed import init_distributed
+    from simcal.data.layout import resolve_dataset
+    from simcal.detector.distributed import finish_distributed, init_distributed, resolve_device
     from simcal.detector.losses import build_classification_loss
     from simcal.detector.samplers import TrainingSampler, repeat_factors
 
@@ -84,10 +69,8 @@ def main(args: argparse.Namespace) -> int:
     rank, world, local_rank = init_distributed()
     if args.batch_size % world:
         raise input_error(None, f"--batch-size {args.batch_size} is not divisible by {world} processes")
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    device = resolve_device(args.device, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     amp = use_cuda if args.amp == "auto" else args.amp == "on"
@@ -97,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     resume_path = out.with_name(out.name + ".resume.pth")
     log_path = out.with_name(out.name + ".log.jsonl")
-    ann_path, image_root = resolve_data(args)
+    ann_path, image_root = resolve_dataset(args.data, "train", args.train_ann, args.images, "--train-ann",
+                                           "training data")
     ann = load_annotations(ann_path)
     if out.exists() and not args.overwrite:
         if args.resume:
@@ -227,9 +211,7 @@ def main(args: argparse.Namespace) -> int:
         mem = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if use_cuda else ""
         print(f"wrote {out} ({args.iters - start_iter} iterations in {took:.0f} s, "
               f"{took / max(args.iters - start_iter, 1):.3f} s/it{mem})", file=sys.stderr)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    finish_distributed()
     return 0
 
 

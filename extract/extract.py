@@ -25,24 +25,6 @@ import torch
 
 from simcal.data.errors import input_error
 
-DEFAULT_FG_PER_GT = 8
-DEFAULT_BG_PER_IMAGE = 32
-
-
-def _resolve_data(args: argparse.Namespace) -> tuple[Path, Path]:
-    if args.data and args.ann:
-        raise input_error(None, "pass either --data with --split, or --ann with --images, not both")
-    if args.data:
-        root = Path(args.data)
-        ann = root / "annotations" / f"{args.split}.json"
-        if not ann.is_file():
-            raise input_error(root, f"has no annotations/{args.split}.json", "pass a folder from 'simcal data synth'")
-        return ann, root / "images" / args.split
-    if not args.ann or not args.images:
-        raise input_error(None, "no images given", "pass --data DIR --split train, or --ann FILE --images DIR")
-    return Path(args.ann), Path(args.images)
-
-
 def _quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: row = q * scale, scale = max|row| / 127."""
     scale = np.abs(x).max(axis=1) / 127.0
@@ -68,7 +50,9 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.annotations import load_annotations
     from simcal.data.detection_dataset import DetectionDataset, collate
     from simcal.detector.checkpoint import check_categories, load_checkpoint
-    from simcal.detector.distributed import barrier, init_distributed
+    from simcal.data.layout import resolve_dataset
+    from simcal.detector.checkpoint import classifier_weights
+    from simcal.detector.distributed import barrier, finish_distributed, init_distributed, resolve_device
     from simcal.extract.proposals import extract_batch
     from simcal.extract.schema import SCHEMA_VERSION, TAP
     from simcal.extract.store import (consolidate, existing_parts, iter_parts, parts_dir, read_params,
@@ -77,12 +61,9 @@ def main(args: argparse.Namespace) -> int:
     if args.fg_per_gt < 1 or args.bg_per_image < 0 or args.batch_size < 1:
         raise input_error(None, "--fg-per-gt and --batch-size must be >= 1 and --bg-per-image >= 0")
     rank, world, local_rank = init_distributed()
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    device = resolve_device(args.device, local_rank)
     out = Path(args.out)
-    ann_path, image_root = _resolve_data(args)
+    ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     ann = load_annotations(ann_path)
     model, ck = load_checkpoint(args.checkpoint, device)
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)
@@ -179,20 +160,13 @@ def main(args: argparse.Namespace) -> int:
                  "world_size": world}
         t1 = time.perf_counter()
         with tqdm(total=num_images, desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
-            heads = model.roi_heads
-            head_weights = {f"{m}.{p}": getattr(mod, p).detach().float().cpu().numpy()
-                            for m, mod in (("fc6", heads.box_head.fc6), ("fc7", heads.box_head.fc7),
-                                           ("cls_score", heads.box_predictor.cls_score))
-                            for p in ("weight", "bias")}
             counts = consolidate(out, len(parts), np.array([img["id"] for img in ann.images]), dim, args.dtype,
-                                 len(n_cls["ids"]), attrs, head_weights, cbar.update)
+                                 len(n_cls["ids"]), attrs, classifier_weights(model), cbar.update)
         took = time.perf_counter() - t0
         print(f"wrote {out}: {counts['rows']} rows ({counts['fg_rows']} fg, {counts['bg_rows']} bg) from "
               f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)",
               file=sys.stderr)
-    barrier()
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    finish_distributed()
     return 0
 
 

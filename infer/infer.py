@@ -20,19 +20,6 @@ import torch
 from simcal.data.errors import input_error
 
 
-def _resolve(args: argparse.Namespace) -> tuple[Path, Path]:
-    if args.data and args.ann:
-        raise input_error(None, "pass either --data with --split, or --ann with --images, not both")
-    if args.data:
-        ann = Path(args.data) / "annotations" / f"{args.split}.json"
-        if not ann.is_file():
-            raise input_error(args.data, f"has no annotations/{args.split}.json", "pass a folder from 'simcal data synth'")
-        return ann, Path(args.data) / "images" / args.split
-    if not args.ann or not args.images:
-        raise input_error(None, "no images given", "pass --data DIR --split val, or --ann FILE --images DIR")
-    return Path(args.ann), Path(args.images)
-
-
 def main(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
@@ -42,17 +29,15 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.cli import write_json_atomic
     from simcal.data.detection_dataset import DetectionDataset, collate
     from simcal.detector.checkpoint import load_checkpoint
-    from simcal.detector.distributed import init_distributed
+    from simcal.data.layout import resolve_dataset
+    from simcal.detector.distributed import finish_distributed, init_distributed, resolve_device
     from simcal.detector.predict import predict
     from simcal.infer.scoring import make_score_fn, tau_normalize_
 
     if args.props_gt:
         raise input_error(None, "--props-gt is not built yet (issue [6/6])")
     rank, world, local_rank = init_distributed()
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    device = resolve_device(args.device, local_rank)
     model, ck = load_checkpoint(args.checkpoint, device)
     heads = args.head or []
     if len(heads) > 1:
@@ -72,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         tau_normalize_(model.roi_heads.box_predictor.cls_score, args.gamma)
     model.roi_heads.score_fn = make_score_fn(counts, args.mode, head, args.T, args.posthoc, args.gamma)
 
-    ann_path, image_root = _resolve(args)
+    ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     ann = load_annotations(ann_path)
     from simcal.detector.checkpoint import check_categories
 
@@ -100,7 +85,5 @@ def main(args: argparse.Namespace) -> int:
         write_json_atomic(out.with_name(out.name + ".config.json"), cfg, indent=2)
         print(f"wrote {out}: {len(results)} detections on {len(ds)} images "
               f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    finish_distributed()
     return 0
