@@ -88,13 +88,32 @@ def _write_json(path: Path, doc: Any) -> None:
     write_json_atomic(path, doc, indent=2)
 
 
+def _finished(out: Path, cfg, cache, eval_cache) -> dict[str, Any] | None:
+    """The row of a head a previous sweep already trained with this configuration on this cache, else None."""
+    from simcal.calibrate.trainer import cache_fingerprint, config_dict
+
+    try:
+        old = json.loads(out.with_name(out.name + ".row.json").read_text())
+    except (OSError, ValueError):
+        return None
+    want = config_dict(cfg)
+    if not out.exists() or old.get("cache_fingerprint") != cache_fingerprint(cache.attrs) or any(
+            old.get(k) != v for k, v in want.items()) or (eval_cache is not None and "acc_bin1" not in old):
+        return None
+    return {k: v for k, v in old.items() if k != "cache_fingerprint"}
+
+
 def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
-             source=None) -> dict[str, Any]:
+             source=None, reuse: bool = False) -> dict[str, Any]:
     from tqdm import tqdm
 
     from simcal.calibrate.evaluate_cache import proposal_accuracy
     from simcal.calibrate.trainer import head_checkpoint, save_head, train_head
 
+    previous = _finished(out, cfg, cache, eval_cache) if reuse else None
+    if previous is not None:
+        print(f"reusing {out} (same configuration and cache)", file=sys.stderr)
+        return previous
     log_path = out.with_name(out.name + ".log.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
@@ -110,6 +129,7 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
         acc = proposal_accuracy(head, eval_cache, eval_reader, device=device)
         _write_json(out.with_name(out.name + ".eval.json"), {"eval_cache": str(eval_cache.path), **acc})
         row.update(acc)
+    _write_json(out.with_name(out.name + ".row.json"), {**row, "cache_fingerprint": ck["cache_fingerprint"]})
     return row
 
 
@@ -190,17 +210,23 @@ def main(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise input_error(args.sweep, f"is not a readable JSON grid ({e})")
         keys = ("head", "sampler", "loss", "steps", "seed")
-        unknown = sorted(set(grid) - set(keys))
-        if not isinstance(grid, dict) or unknown:
-            raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
-        axes = [[*grid.get(k, [getattr(cfg, k)])] for k in keys]
+        grids = grid if isinstance(grid, list) else [grid]
+        configs = []
+        for g in grids:
+            if not isinstance(g, dict):
+                raise input_error(args.sweep, "must be a JSON object of lists, or a list of such objects")
+            unknown = sorted(set(g) - set(keys))
+            if unknown:
+                raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
+            axes = [list(g[k]) if isinstance(g.get(k), list) else [g.get(k, getattr(cfg, k))] for k in keys]
+            configs += [c for c in itertools.product(*axes) if c not in configs]
         rows = []
-        configs = list(itertools.product(*axes))
         for n, combo in enumerate(configs, 1):
             c = _config(args, **dict(zip(keys, combo)))
             name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
             print(f"[{n}/{len(configs)}] {name}", file=sys.stderr)
-            rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader))
+            rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader,
+                                 reuse=True))
         _write_json(out / "results.json", rows)
         table = _results_table(rows)
         (out / "results.md").write_text(table + "\n")

@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stats", metavar="OUT.json", help="with --sample-only: write sampler statistics here")
     p.add_argument("--sweep", metavar="GRID.json",
                    help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
-                   '[...], "seed": [...]} loading the cache once; --out is then a folder')
+                   '[...], "seed": [...]} loading the cache once (or a list of such grids: their union, in order; a key '
+                   'left out takes the command-line value); --out is then a folder')
     p.add_argument("--eval-cache", metavar="VAL_CACHE",
                    help="score each head by proposal classification accuracy per bin on a val cache "
                    "(printed, and written to HEAD.pth.eval.json)")

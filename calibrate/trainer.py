@@ -38,6 +38,11 @@ class CalibConfig:
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def config_dict(cfg: CalibConfig) -> dict[str, Any]:
+    """The JSON form of a configuration, as head checkpoints and sweep rows record it."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
 def cache_fingerprint(attrs: dict[str, Any]) -> str:
     """Identity of a cache's content: detector, annotations and extraction parameters."""
     key = {k: attrs.get(k) for k in ("detector_fingerprint", "annotation_fingerprint", "params", "schema_version")}
@@ -120,10 +125,10 @@ def train_head(
                 fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
                 bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
             if progress is not None:
-                progress.set_postfix(loss=f"{float(loss):.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
+                progress.set_postfix(loss=f"{loss.item():.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
                                      refresh=False)
         if log is not None and show:
-            log({"step": step + 1, "loss": float(loss), "fg_acc": fg_acc, "bg_acc": bg_acc,
+            log({"step": step + 1, "loss": loss.item(), "fg_acc": fg_acc, "bg_acc": bg_acc,
                  "lr": opt.param_groups[0]["lr"] if opt else 0.0, "rows": int(n_rows)})
         if progress is not None:
             progress.update(1)
@@ -162,7 +167,7 @@ def head_checkpoint(head: torch.nn.Module, cfg: CalibConfig, cache, info: dict[s
         "cache_fingerprint": cache_fingerprint(cache.attrs),
         "detector_fingerprint": cache.attrs["detector_fingerprint"],
         "categories": cache.attrs["categories"],
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
         "steps": cfg.steps,
         "train_info": info,
     }

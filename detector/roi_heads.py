@@ -60,6 +60,36 @@ class LongTailRoIHeads(RoIHeads):
             handle.remove()
             self._tap = None
 
+    @torch.no_grad()
+    def forward_variants(self, features, proposals, image_shapes, variants):
+        """Eval forward once for several ``(score_fn, detections_per_img)`` pairs -> one result list each.
+
+        torchvision's ``RoIHeads.forward`` (eval, boxes and masks) with the box head run once:
+        only scoring, NMS and the mask branch differ between variants. ``simcal infer`` tests
+        that each variant equals a single forward with that ``score_fn``, byte for byte.
+        """
+        from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+        saved = (self.score_fn, self.detections_per_img)
+        tap = self.box_roi_pool(features, proposals, image_shapes)
+        class_logits, box_regression = self.box_predictor(self.box_head(tap))
+        out = []
+        try:
+            for score_fn, cap in variants:
+                self.score_fn, self.detections_per_img, self._tap = score_fn, cap, tap
+                boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals,
+                                                                    image_shapes)
+                result = [{"boxes": b, "labels": lab, "scores": sc} for b, sc, lab in zip(boxes, scores, labels)]
+                if self.has_mask():
+                    mask_features = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+                    for prob, r in zip(maskrcnn_inference(self.mask_predictor(mask_features), labels), result):
+                        r["masks"] = prob
+                out.append(result)
+        finally:
+            self.score_fn, self.detections_per_img = saved
+            self._tap = None
+        return out
+
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         if self.score_fn is None:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)

@@ -15,8 +15,11 @@ def add_parser(sub) -> None:
         "only), cal (calibrated head only), sel (paper Eq. 2: calibrated scores for classes with N_z <= T "
         "train instances, original otherwise, background original, no renormalisation), avg (mean of both "
         "heads' probabilities). Post-hoc baselines without training: norcal, logit_adjust, tau_norm. "
-        "Inputs: --checkpoint CKPT, --head HEAD.pth, --data DIR --split val (or --ann/--images). Output: "
-        "RESULTS.json and RESULTS.json.config.json. torchrun shards images; the merged output is identical.",
+        "Diagnostic: --props-gt (each proposal classified by its ground-truth box, the paper's Fig. 1c upper "
+        "bound). Inputs: --checkpoint CKPT, --head HEAD.pth, --data DIR --split val (or --ann/--images). "
+        "Output: RESULTS.json and RESULTS.json.config.json; with --sweep VARIANTS.json, DIR/NAME/results.json "
+        "per variant from one backbone pass (finished variants are reused). torchrun shards images; the "
+        "merged output is identical.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--head", nargs="*", metavar="HEAD.pth", help="calibrated head from 'simcal calibrate'")
@@ -27,10 +30,17 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--ann", metavar="FILE")
     p.add_argument("--images", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="RESULTS.json")
+    p.add_argument("--out", required=True, metavar="RESULTS.json | DIR", help="results file (a folder with --sweep)")
+    p.add_argument("--max-dets", type=int, default=300, metavar="N",
+                   help="detections kept per image after NMS (default 300, the LVIS protocol)")
+    p.add_argument("--sweep", metavar="VARIANTS.json",
+                   help='score several variants in one pass: a JSON list of {"name": ..., and any of "mode", '
+                   '"head", "T", "posthoc", "gamma", "props_gt", "max_dets"}; --out is then a folder')
     p.add_argument("--posthoc", choices=("none", "norcal", "logit_adjust", "tau_norm"), default="none")
-    p.add_argument("--gamma", type=float, default=1.0, help="norcal / logit_adjust gamma, tau_norm tau")
-    p.add_argument("--props-gt", action="store_true", help="label proposals with their GT class (upper bound)")
+    p.add_argument("--gamma", type=float, default=1.0, help="norcal / logit_adjust gamma, tau_norm tau (default 1)")
+    p.add_argument("--props-gt", action="store_true",
+                   help="diagnostic upper bound: a proposal with IoU >= 0.5 to a ground-truth box takes that "
+                   "box's class, scored by the detector's foreground confidence 1 - p_bg")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 

@@ -17,7 +17,13 @@ Post-hoc, from the original head alone (no training):
 
     norcal        p_z <- p_z / N_z^gamma for z >= 1, background kept, then renormalised (NorCal)
     logit_adjust  l_z <- l_z - gamma * log(pi_z), pi_z = N_z / sum N, background logit kept
-    tau_norm      classifier rows W_z <- W_z / ||W_z||^tau (applied to the weights, see infer.py)
+    tau_norm      classifier rows W_z <- W_z / ||W_z||^tau (Kang et al. 2020), computed on the logits:
+                  l_z <- (l_z - b_z) / ||W_z||^tau + b_z, exactly the re-weighted layer's output
+
+Diagnostic upper bound (paper Fig. 1c, ``props-gt``): a proposal whose best ground-truth
+IoU is >= 0.5 gets that box's class, scored with the detector's own foreground
+confidence 1 - p_bg; every other proposal scores 0 for every class. Localisation
+(proposals, box regression, masks, NMS) stays the detector's: only classification is an oracle.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 MODES = ("orig", "cal", "sel", "avg")
 POSTHOC = ("none", "norcal", "logit_adjust", "tau_norm")
@@ -64,6 +71,46 @@ def logit_adjust(logits: torch.Tensor, counts: torch.Tensor, gamma: float) -> to
     return F.softmax(logits - adj[None, :], dim=1)
 
 
+def tau_norm_logits(logits: torch.Tensor, cls_score: torch.nn.Linear, tau: float) -> torch.Tensor:
+    """(R, C+1) logits of ``cls_score`` -> those of the tau-normalised layer (background row unchanged)."""
+    w, b = cls_score.weight.detach().to(logits), cls_score.bias.detach().to(logits)
+    scale = w.norm(dim=1).clamp(min=1e-12) ** -tau
+    scale[0] = 1.0
+    return (logits - b[None, :]) * scale[None, :] + b[None, :]
+
+
+class PropsGT:
+    """The ``props-gt`` oracle (see the module docstring); ``bind`` gives it each batch's proposals and GT.
+
+    ``bind(proposals, targets)``: proposals ``[(R_i, 4)]`` and targets ``[{"boxes": (G_i, 4),
+    "labels": (G_i,)}]`` in the same (resized) frame the RoI heads see, images in row order.
+    """
+
+    def __init__(self, iou_threshold: float = 0.5) -> None:
+        self.iou_threshold = iou_threshold
+        self.proposals: list[torch.Tensor] = []
+        self.targets: list[dict[str, torch.Tensor]] = []
+
+    def bind(self, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> None:
+        self.proposals, self.targets = proposals, targets
+
+    def __call__(self, logits: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(logits, dim=1)
+        out = torch.zeros_like(p)
+        out[:, 0] = p[:, 0]
+        start = 0
+        for props, t in zip(self.proposals, self.targets):
+            n = len(props)
+            if n and len(t["boxes"]):
+                best, idx = box_iou(props, t["boxes"].to(props)).max(dim=1)
+                hit = torch.where(best >= self.iou_threshold)[0]
+                out[start + hit, t["labels"].to(p.device)[idx[hit]]] = 1.0 - p[start + hit, 0]
+            start += n
+        if start != len(p):
+            raise RuntimeError(f"props-gt bound to {start} proposals but scoring {len(p)} RoIs")
+        return out
+
+
 def make_score_fn(
     counts: Sequence[int],
     mode: str = "orig",
@@ -71,16 +118,24 @@ def make_score_fn(
     T: float = 300,
     posthoc: str = "none",
     gamma: float = 1.0,
+    cls_score: torch.nn.Linear | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The ``score_fn`` hook of :class:`simcal.detector.roi_heads.LongTailRoIHeads` (None = plain softmax)."""
+    """The ``score_fn`` hook of :class:`simcal.detector.roi_heads.LongTailRoIHeads` (None = plain softmax).
+
+    ``cls_score`` is the detector's classifier layer, needed by ``tau_norm``.
+    """
     if mode != "orig" and head is None:
         raise ValueError(f"mode {mode!r} needs a calibrated head")
-    if mode == "orig" and posthoc in ("none", "tau_norm"):
+    if posthoc == "tau_norm" and cls_score is None:
+        raise ValueError("tau_norm needs the detector's cls_score layer")
+    if mode == "orig" and posthoc == "none":
         return None
     n = torch.tensor([0.0] + [float(c) for c in counts])
     rare = rare_mask(counts, T)
 
     def score(logits: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
+        if posthoc == "tau_norm":
+            logits = tau_norm_logits(logits, cls_score, gamma)
         if posthoc == "logit_adjust":
             p_orig = logit_adjust(logits, n, gamma)
         else:
@@ -93,12 +148,3 @@ def make_score_fn(
         return combine(p_orig, p_cal, mode, rare)
 
     return score
-
-
-@torch.no_grad()
-def tau_normalize_(cls_score: torch.nn.Linear, tau: float) -> None:
-    """tau-normalised classifier (Kang et al. 2020): foreground rows W_z / ||W_z||^tau, in place."""
-    norms = cls_score.weight.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    scale = norms**-tau
-    scale[0] = 1.0  # background row unchanged
-    cls_score.weight.mul_(scale)

@@ -126,6 +126,26 @@ def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path):
     assert "| head | sampler |" in (out / "results.md").read_text()
 
 
+def test_sweep_of_several_grids_runs_their_union_once_and_resumes(quick_caches, tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([{"head": ["linear", "2fc_rand"]}, {"sampler": ["random"], "loss": ["focal", "ce"]},
+                                {"head": ["linear"]}]))
+    out = tmp_path / "sweep"
+    argv = ("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--head", "linear", "--steps", "5",
+            "--out", out)
+    r = run_simcal(*argv)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [(x["head"], x["sampler"], x["loss"]) for x in rows] == [
+        ("linear", "bilevel", "ce"), ("2fc_rand", "bilevel", "ce"), ("linear", "random", "focal"),
+        ("linear", "random", "ce")]
+    before = (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns
+    r = run_simcal(*argv)
+    assert r.returncode == 0 and r.stderr.count("reusing") == 4, r.stderr
+    assert (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text()) == rows
+
+
 def test_bad_calibration_input_is_refused(quick_caches, tmp_path):
     cache = quick_caches["train"]
     for argv, msg in (

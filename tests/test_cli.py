@@ -38,20 +38,34 @@ def test_unknown_command_is_exit_2():
     assert run_simcal("frobnicate").returncode == 2
 
 
-def test_demo_runs_what_exists(tmp_path):
+def test_demo_runs_the_whole_paper_and_resumes(tmp_path):
+    """--preset quick end to end: every report section and summary key, figures as PNG, reuse on re-run."""
     out = tmp_path / "demo"
     r = run_simcal("demo", "--preset", "quick", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report.md").read_text()
-    assert "## Table 3" in report and "dual head (sel)" in report and "[6/6]" in report
-    assert (out / "train_instances.png").read_bytes()[:4] == b"\x89PNG"
+    for section in ("## Checks", "## Table 3", "## Table 5", "## Fig. 4a", "## Fig. 4b", "## Fig. 4c", "## Table 4",
+                    "props-gt (upper bound)", "NorCal", "tau-norm", "## Calibration from the cache", "## Wall-clock"):
+        assert section in report, section
+    for png in ("train_instances.png", "fig4a_steps.png", "fig4b_heads.png", "fig4c_T.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in report
     assert '"preset": "quick"' in (out / "config.json").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("baseline", "calibrated", "dual_sel", "dual_avg", "baseline_300", "dual_sel_300"):
-        assert set(summary[key]["segm"]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}
+    keys = ("baseline", "calibrated", "dual_sel", "dual_avg", "head_2fc_rand", "head_3fc_rand", "head_3fc_ft",
+            "head_2fc_ncm", "props_gt", "norcal", "logit_adjust", "tau_norm", "baseline_300", "dual_sel_300",
+            "decoupled_cm", "decoupled_is", "T_10", "steps_50")
+    for key in keys:
+        for t in ("bbox", "segm"):
+            assert set(summary[key][t]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}, key
+    assert summary["dual_sel"]["config"]["max_dets_per_image"] == 10
+    assert summary["dual_sel_300"]["config"]["max_dets_per_image"] == 300
+    assert summary["calibration_speed"]["speedup"] > 0 and summary["timings"]
     assert 0 <= summary["baseline"]["segm"]["AP"] <= 1
-    # A second run reuses the detector and the predictions.
+    # The post-hoc and props-gt rows are not the baseline under another name.
+    assert summary["props_gt"]["segm"]["AP"] != summary["baseline"]["segm"]["AP"]
+    # A second run reuses the detector, the heads and the predictions.
     r2 = run_simcal("demo", "--preset", "quick", "--out", out)
     assert r2.returncode == 0 and "reusing" in r2.stderr
-    again = json.loads((out / "summary.json").read_text())["baseline"]
-    assert (again["bbox"], again["segm"]) == (summary["baseline"]["bbox"], summary["baseline"]["segm"])
+    assert "reusing 22 finished variant(s)" in r2.stderr
+    again = json.loads((out / "summary.json").read_text())
+    assert again["baseline"]["segm"] == summary["baseline"]["segm"] and again["tau_norm"] == summary["tau_norm"]

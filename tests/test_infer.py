@@ -8,7 +8,7 @@ from conftest import run_simcal
 
 from simcal.calibrate.trainer import CalibConfig, head_checkpoint, save_head, train_head
 from simcal.extract.schema import Cache
-from simcal.infer.scoring import combine, logit_adjust, make_score_fn, norcal, rare_mask, tau_normalize_
+from simcal.infer.scoring import PropsGT, combine, logit_adjust, make_score_fn, norcal, rare_mask, tau_norm_logits
 
 
 def test_sel_takes_calibrated_columns_of_rare_classes_without_renormalising():
@@ -34,9 +34,30 @@ def test_posthoc_scores_by_hand():
     assert torch.allclose(logit_adjust(logits, n, 1.0), expected)
     lin = torch.nn.Linear(2, 3)
     with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[3.0, 4.0], [3.0, 4.0], [0.6, 0.8]]))
-    tau_normalize_(lin, 1.0)
-    assert lin.weight.flatten().tolist() == pytest.approx([3.0, 4.0, 0.6, 0.8, 0.6, 0.8])
+        lin.weight.copy_(torch.tensor([[3.0, 4.0], [3.0, 4.0], [0.6, 0.8]]))  # row norms 5, 5, 1
+        lin.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    normed = torch.nn.Linear(2, 3)
+    with torch.no_grad():  # tau = 1: foreground rows divided by their norm, background row and biases kept
+        normed.weight.copy_(torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.6, 0.8]]))
+        normed.bias.copy_(lin.bias)
+    assert torch.allclose(tau_norm_logits(lin(x), lin, 1.0), normed(x), atol=1e-6)
+
+
+def test_props_gt_classifies_proposals_by_their_ground_truth_box():
+    oracle = PropsGT()
+    proposals = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [50, 50, 60, 60]]), torch.tensor([[0.0, 0, 4, 4]])]
+    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [48, 48, 60, 60]]), "labels": torch.tensor([2, 1])},
+          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    oracle.bind(proposals, gt)
+    logits = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 5.0, 0.0]])
+    p = torch.softmax(logits, dim=1)
+    q = oracle(logits, torch.zeros(4, 1))
+    # IoUs: row 0 -> box 0 (1.0), row 1 -> box 0 (0.6), row 2 -> box 1 (100/144 = 0.69), row 3: no GT
+    expected = torch.zeros(4, 3)
+    expected[:, 0] = p[:, 0]
+    expected[0, 2], expected[1, 2], expected[2, 1] = 1 - p[0, 0], 1 - p[1, 0], 1 - p[2, 0]
+    assert torch.allclose(q, expected)
 
 
 def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, quick_bench, tmp_path):
@@ -61,6 +82,85 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
             assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
             assert a["bbox"] == b["bbox"] and a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-6)
     assert "counts" in base[0]["segmentation"]
+
+
+def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quick_bench, tmp_path):
+    """One backbone pass for many variants must give each variant's single-run detections, byte for byte."""
+    cache = Cache(quick_caches["train"])
+    cfg = CalibConfig(head="2fc_rand", steps=20)
+    head, info = train_head(cache, cfg)
+    save_head(head_checkpoint(head, cfg, cache, info), tmp_path / "h.pth")
+    h = str(tmp_path / "h.pth")
+    variants = [{"name": "orig"}, {"name": "sel", "mode": "sel", "head": h},
+                {"name": "avg5", "mode": "avg", "head": h, "max_dets": 5, "T": 50},
+                {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5}, {"name": "gt", "props_gt": True, "max_dets": 7}]
+    (tmp_path / "v.json").write_text(json.dumps(variants))
+    common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
+    r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
+    assert r.returncode == 0, r.stderr
+    singles = {"orig": [], "sel": ["--mode", "sel", "--head", h], "avg5": ["--mode", "avg", "--head", h,
+               "--max-dets", "5", "--T", "50"], "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"],
+               "gt": ["--props-gt", "--max-dets", "7"]}
+    for name, flags in singles.items():
+        one = tmp_path / f"{name}.json"
+        r = run_simcal("infer", *common, "--mode", "orig", *flags, "--out", one)
+        assert r.returncode == 0, r.stderr
+        assert one.read_bytes() == (tmp_path / "sweep" / name / "results.json").read_bytes(), name
+    per_image = {}
+    for d in json.loads((tmp_path / "avg5.json").read_text()):
+        per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
+    assert max(per_image.values()) == 5
+    assert json.loads((tmp_path / "gt.json").read_text()) != json.loads((tmp_path / "orig.json").read_text())
+    r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
+    assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stderr, r.stderr
+
+
+
+def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, quick_detector, quick_bench, tmp_path):
+    """forward_variants mirrors RoIHeads.forward: same detections as model(images) with score_fn set."""
+    from torch.utils.data import DataLoader, Subset
+
+    from simcal.calibrate.trainer import load_head
+    from simcal.data.annotations import load_annotations
+    from simcal.data.detection_dataset import DetectionDataset, collate
+    from simcal.detector.checkpoint import load_checkpoint
+    from simcal.detector.predict import predict
+    from simcal.infer.variants import predict_variants
+
+    cache = Cache(quick_caches["train"])
+    cfg = CalibConfig(head="3fc_rand", steps=20)
+    head, info = train_head(cache, cfg)
+    save_head(head_checkpoint(head, cfg, cache, info), tmp_path / "h.pth")
+    head = load_head(tmp_path / "h.pth")[0].eval()
+    model, ck = load_checkpoint(quick_detector, "cpu")
+    ann = load_annotations(quick_bench / "annotations" / "val.json")
+    ds = Subset(DetectionDataset(ann, quick_bench / "images" / "val", with_masks=False), range(12))
+    counts = [c["instance_count"] for c in ck["category_stats"]]
+    fns = {"orig": None, "sel": make_score_fn(counts, "sel", head, 300), "avg": make_score_fn(counts, "avg", head, 30)}
+    got = predict_variants(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping,
+                           {k: (fn, 300) for k, fn in fns.items()})
+    for name, fn in fns.items():
+        model.roi_heads.score_fn = fn
+        ref = predict(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping)
+        assert len(ref) > 0 and got[name] == ref, name
+    assert got["sel"] != got["orig"]
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([{"name": "a", "colour": "red"}], "variant 0 has unknown keys ['colour']"),
+    ([{"name": "a"}, {"name": "a", "mode": "orig"}], "repeats the variant names ['a']"),
+    ([{"name": "../up"}], "is not a plain folder name"),
+    ([{"name": "a", "mode": "sel"}], "mode sel needs a calibrated head"),
+    ([{"name": "a", "props_gt": True, "posthoc": "norcal"}], "props-gt replaces the classifier"),
+    ([{"name": "a", "max_dets": 0}], "max_dets must be a positive integer"),
+    ({"name": "a"}, "must be a non-empty JSON list of objects"),
+])
+def test_bad_sweep_files_are_refused(quick_detector, quick_bench, tmp_path, variants, message):
+    (tmp_path / "v.json").write_text(json.dumps(variants))
+    r = run_simcal("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--sweep", tmp_path / "v.json",
+                   "--out", tmp_path / "o")
+    assert r.returncode == 2 and message in r.stderr and "v.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_score_fn_is_none_for_the_plain_detector():

@@ -1,0 +1,141 @@
+"""Several scoring variants from one detector forward (``simcal infer --sweep``).
+
+A variant is one way of scoring the RoIs (mode, head, T, post-hoc rule, props-gt) plus
+its detection cap. The backbone and the RPN run once per batch; each variant then runs
+the RoI heads with its own ``score_fn`` and the detector's own box/mask post-processing,
+so a variant's detections are exactly those a single ``simcal infer`` with the same
+flags writes (tested). Fifty variants cost one backbone, RPN and box-head pass plus fifty
+rounds of NMS and mask head.
+
+Sweep file: a JSON list of objects, each ``{"name": str}`` plus any of ``mode``,
+``head``, ``T``, ``posthoc``, ``gamma``, ``props_gt``, ``max_dets`` (the single-run
+flags and defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+from simcal.data.categories import CategoryMapping
+from simcal.data.errors import input_error
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class VariantSpec:
+    name: str = "results"
+    mode: str = "orig"
+    head: Optional[str] = None
+    T: float = 300
+    posthoc: str = "none"
+    gamma: float = 1.0
+    props_gt: bool = False
+    max_dets: int = 300
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_variants(path: str | Path) -> list[VariantSpec]:
+    """Parse and check a sweep file; every problem is one sentence naming the file."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise input_error(path, f"is not a readable JSON list of variants ({e})")
+    if not isinstance(doc, list) or not doc or not all(isinstance(v, dict) for v in doc):
+        raise input_error(path, "must be a non-empty JSON list of objects", 'e.g. [{"name": "sel", "mode": "sel", '
+                          '"head": "head.pth"}]')
+    fields = set(VariantSpec.__dataclass_fields__)
+    specs = []
+    for k, v in enumerate(doc):
+        unknown = sorted(set(v) - fields)
+        if unknown:
+            raise input_error(path, f"variant {k} has unknown keys {unknown}", f"use only {', '.join(sorted(fields))}")
+        spec = VariantSpec(**v)
+        if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+            raise input_error(path, f"variant {k} has name {spec.name!r}, which is not a plain folder name",
+                              "use letters, digits, '_', '-', '.'")
+        check_variant(spec, path)
+        specs.append(spec)
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise input_error(path, f"repeats the variant names {dup}", "give every variant its own name")
+    return specs
+
+
+def check_variant(spec: VariantSpec, source: str | Path | None = None) -> None:
+    from simcal.infer.scoring import MODES, POSTHOC
+
+    what = f"variant {spec.name!r}: " if source is not None else ""
+    if spec.mode not in MODES:
+        raise input_error(source, f"{what}unknown mode {spec.mode!r}", f"choose from {', '.join(MODES)}")
+    if spec.posthoc not in POSTHOC:
+        raise input_error(source, f"{what}unknown posthoc {spec.posthoc!r}", f"choose from {', '.join(POSTHOC)}")
+    if spec.mode != "orig" and not spec.head:
+        raise input_error(source, f"{what}mode {spec.mode} needs a calibrated head", "give --head HEAD.pth")
+    if spec.props_gt and (spec.mode != "orig" or spec.head or spec.posthoc != "none"):
+        raise input_error(source, f"{what}props-gt replaces the classifier, so it takes no head, mode or posthoc",
+                          "run it with --mode orig and no --head")
+    if not isinstance(spec.max_dets, int) or spec.max_dets <= 0:
+        raise input_error(source, f"{what}max_dets must be a positive integer (got {spec.max_dets!r})")
+
+
+def build_score_fn(spec: VariantSpec, counts: list[int], heads: dict[str, torch.nn.Module],
+                   cls_score: torch.nn.Linear) -> Optional[Callable]:
+    from simcal.infer.scoring import PropsGT, make_score_fn
+
+    if spec.props_gt:
+        return PropsGT()
+    return make_score_fn(counts, spec.mode, heads.get(spec.head) if spec.head else None, spec.T, spec.posthoc,
+                         spec.gamma, cls_score)
+
+
+@torch.no_grad()
+def predict_variants(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[list[torch.Tensor], list[dict[str, Any]]]],
+    mapping: CategoryMapping,
+    variants: dict[str, tuple[Optional[Callable], int]],
+    device: torch.device | str = "cpu",
+    progress: Any = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """LVIS results per variant; ``variants`` maps a name to ``(score_fn or None, detections per image)``.
+
+    The body is torchvision's ``GeneralizedRCNN.forward`` (eval); the RoI heads score the
+    shared proposals once per variant (:meth:`LongTailRoIHeads.forward_variants`).
+    """
+    from simcal.detector.predict import detections_to_results
+
+    model.eval()
+    needs_gt = any(hasattr(fn, "bind") for fn, _ in variants.values())
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for images, targets in batches:
+        images = [im.to(device) for im in images]
+        original_sizes = [tuple(im.shape[-2:]) for im in images]
+        gt = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets] if needs_gt else None
+        image_list, gt = model.transform(images, gt)
+        features = model.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = model.rpn(image_list, features)
+        for fn, _ in variants.values():
+            if hasattr(fn, "bind"):
+                fn.bind(proposals, gt)
+        per_variant = model.roi_heads.forward_variants(features, proposals, image_list.image_sizes,
+                                                       list(variants.values()))
+        for name, dets in zip(variants, per_variant):
+            dets = model.transform.postprocess(dets, image_list.image_sizes, original_sizes)
+            for det, t in zip(dets, targets):
+                results[name].extend(detections_to_results(det, t["image_id"], mapping))
+        if progress is not None:
+            progress.update(len(images))
+    return results
