@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="cache steps (online runs a tenth, at least 10)")
     p.add_argument("--quick", action="store_true", help="100 cache steps, 10 online steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (both sources run there)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast in both sources (calibrate --amp)")
     p.add_argument("--h5", help="the cache's h5 export ('simcal cache export'): also time reads from it")
     args = p.parse_args()
 
@@ -53,15 +54,16 @@ def main() -> None:
         raise SystemExit(f"{args.cache} was not extracted with {args.checkpoint}")
     model.requires_grad_(False)
 
-    ram_reader = FeatureReader(cache, "auto", device)
-    _, cache_info = train_head(cache, CalibConfig(head="3fc_ft", steps=steps, seed=0), device, reader=ram_reader)
-    store_reader = FeatureReader(cache, "none", device)
-    _, store_info = train_head(cache, CalibConfig(head="3fc_ft", steps=max(steps // 3, 10), seed=0), device,
+    dtype = torch.bfloat16 if args.amp else torch.float32
+    ram_reader = FeatureReader(cache, "auto", device, dtype)
+    _, cache_info = train_head(cache, CalibConfig(head="3fc_ft", steps=steps, seed=0, amp=args.amp), device, reader=ram_reader)
+    store_reader = FeatureReader(cache, "none", device, dtype)
+    _, store_info = train_head(cache, CalibConfig(head="3fc_ft", steps=max(steps // 3, 10), seed=0, amp=args.amp), device,
                                reader=store_reader)
     ann = load_annotations(Path(args.data) / "annotations" / "train.json")
     source = OnlineSource(model, ann, Path(args.data) / "images" / "train", seed=0)
     spec = DetectorSpec(model, ck, args.checkpoint)
-    _, online_info = train_head(spec, CalibConfig(head="3fc_ft", steps=online_steps, seed=0), device,
+    _, online_info = train_head(spec, CalibConfig(head="3fc_ft", steps=online_steps, seed=0, amp=args.amp), device,
                                 source=source)
 
     # sampler + read vs one raw contiguous read of the same bytes
@@ -91,8 +93,8 @@ def main() -> None:
     h5 = {}
     if args.h5:
         hc = Cache(args.h5)
-        h5_reader = FeatureReader(hc, "none", device)
-        _, h5_info = train_head(hc, CalibConfig(head="3fc_ft", steps=steps, seed=0), device, reader=h5_reader)
+        h5_reader = FeatureReader(hc, "none", device, dtype)
+        _, h5_info = train_head(hc, CalibConfig(head="3fc_ft", steps=steps, seed=0, amp=args.amp), device, reader=h5_reader)
         for a in range(0, hc.num_rows, 65536):
             np.asarray(hc["features"][a : a + 65536])
         h5_bps, _ = sampled_bps(h5_reader, steps)
@@ -120,6 +122,7 @@ def main() -> None:
         "rows_per_batch": round(n_rows / steps, 1),
         "dim": cache.dim,
         "device": str(device),
+        "amp": args.amp,
         **h5,
     }
     print(f"cache ({out['preload']}): {out['steps_per_s_cache']} steps/s; store: {out['steps_per_s_store']} "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from simcal.data.errors import input_error
 
@@ -30,7 +31,7 @@ def _config(args: argparse.Namespace, **override: Any):
     cfg = CalibConfig(head=args.head, sampler=args.sampler, loss=args.loss, steps=args.steps, lr=args.lr,
                       lr_steps=lr_steps, classes_per_batch=args.classes_per_batch,
                       images_per_class=args.images_per_class, bg_ratio=args.bg_ratio, batch_rows=args.batch_rows,
-                      seed=args.seed)
+                      seed=args.seed, amp=args.amp)
     for k, v in override.items():
         setattr(cfg, k, v)
     from simcal.calibrate.heads import HEADS
@@ -195,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
               f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
         return 0
 
-    reader = FeatureReader(cache, args.preload, device)
+    reader = FeatureReader(cache, args.preload, device, torch.bfloat16 if args.amp else torch.float32)
     eval_cache = eval_reader = None
     if args.eval_cache:
         eval_cache = _open(args.eval_cache)

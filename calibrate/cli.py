@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast for the head's matmuls (weights and loss stay fp32) and for the online "
+                   "detector forward: 2-3x faster steps on GPUs and AVX512-BF16 CPUs; off by default (fp32, as "
+                   "the released code)")
     p.add_argument("--preload", choices=("auto", "none", "ram", "gpu"), default="auto",
                    help="none: read features from the store every batch; ram / gpu: copy them there once; "
                    "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none")

@@ -1,7 +1,8 @@
 """Reading batches of rows from a feature cache, with a background prefetch thread.
 
 ``FeatureReader.read(rows)`` takes ascending row indices and returns ``(B, D)``
-float32 features. ``--preload ram`` copies the features into memory once
+features in ``dtype`` (float32; bfloat16 for ``calibrate --amp``, whose matmuls cast
+to bfloat16 anyway: the preloaded copy is then bfloat16 and a read is a bare gather). ``--preload ram`` copies the features into memory once
 (float16/int8 as stored) and gathers rows from there; ``gpu`` does the same on the
 device; ``none`` reads from the store every batch with one orthogonal selection,
 so zarr reads each touched chunk once (a bi-level batch touches about two chunks
@@ -50,9 +51,11 @@ def runs(rows: np.ndarray) -> list[tuple[int, int]]:
 
 
 class FeatureReader:
-    def __init__(self, cache, preload: str = "auto", device: torch.device | str = "cpu") -> None:
+    def __init__(self, cache, preload: str = "auto", device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         self.cache = cache
         self.device = torch.device(device)
+        self.dtype = dtype
         self.features = cache["features"]
         self.scale = cache["feature_scale"] if str(self.features.dtype) == "int8" else None
         nbytes = int(np.prod(self.features.shape)) * self.features.dtype.itemsize
@@ -65,6 +68,8 @@ class FeatureReader:
             self.memory = torch.from_numpy(np.asarray(self.features[:])).to(target)
             if self.scale is not None:
                 self.memory_scale = torch.from_numpy(np.asarray(self.scale[:])).to(target)
+            elif dtype == torch.bfloat16:  # float16 -> bfloat16 once: what autocast would do every step
+                self.memory = self.memory.to(dtype)
         elif preload != "none":
             raise ValueError(f"unknown preload {preload!r}; choose from {', '.join(PRELOAD)}")
         self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64))
@@ -76,17 +81,19 @@ class FeatureReader:
         return np.concatenate([np.asarray(array[a:b]) for a, b in runs(rows)])  # h5py: contiguous runs
 
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) float32 features and (B,) int64 labels of ascending ``rows``, on the device."""
+        """(B, D) features (``dtype``) and (B,) int64 labels of ascending ``rows``, on the device."""
         labels = self.labels[torch.from_numpy(rows)]
         if self.memory is not None:
             idx = torch.from_numpy(rows).to(self.memory.device)
-            x = self.memory[idx].float()
+            x = torch.index_select(self.memory, 0, idx)
             if self.memory_scale is not None:
-                x = x * self.memory_scale[idx][:, None]
+                x = x.float() * self.memory_scale[idx][:, None]
+            x = x.to(self.dtype)
         else:
             x = torch.from_numpy(self._read_store(self.features, rows)).float()
             if self.scale is not None:
                 x = x * torch.from_numpy(self._read_store(self.scale, rows))[:, None]
+            x = x.to(self.dtype)
         return x.to(self.device, non_blocking=True), labels.to(self.device)
 
 

@@ -35,6 +35,7 @@ class CalibConfig:
     bg_ratio: float = 1.0
     batch_rows: int = 256
     seed: int = 0
+    amp: bool = False
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,7 +77,7 @@ def train_head(
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, cache.dim, num_classes, hidden, det).to(device)
     if source is None:
-        reader = reader or FeatureReader(cache, "auto", device)
+        reader = reader or FeatureReader(cache, "auto", device, torch.bfloat16 if cfg.amp else torch.float32)
         index = index or CacheIndex.from_cache(cache)
         kw = {"seed": cfg.seed, "classes_per_batch": cfg.classes_per_batch, "bg_ratio": cfg.bg_ratio,
               "batch_rows": cfg.batch_rows, "images_per_class": cfg.images_per_class}
@@ -88,8 +89,9 @@ def train_head(
             return len(b.rows), x, y
     else:
         def produce():
-            x, y = source.sample()
-            return len(y), x, y
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                x, y = source.sample()
+            return len(y), x.float(), y
     counts = [c["instance_count"] for c in cache.attrs["categories"]]
     loss_fn = build_classification_loss(cfg.loss, counts, **cfg.loss_kwargs)
     trainable = [p for p in head.parameters() if p.requires_grad]
@@ -100,18 +102,25 @@ def train_head(
 
     t0 = time.perf_counter()
     head.train()
-    # The online source runs the detector: keep it on this thread (CUDA streams, no GIL contention).
-    batches = prefetch(produce) if source is None else iter(produce, None)
+    # Store reads overlap compute in a thread. A gather from preloaded memory is cheaper than the
+    # contention a thread adds on a small CPU, and the online source runs the detector: those stay
+    # on this thread.
+    threaded = source is None and getattr(reader, "memory", None) is None
+    batches = prefetch(produce) if threaded else iter(produce, None)
     for step in range(cfg.steps):
         n_rows, x, y = next(batches)
+        if not cfg.amp:
+            x = x.float()  # a bfloat16 reader shared with --amp runs
         if opt is None:  # nearest class mean: accumulate, no gradient
-            head.accumulate(x, y)
+            head.accumulate(x.float(), y)
             loss = torch.zeros(())
             with torch.no_grad():
-                logits = head(x)
+                logits = head(x.float())
         else:
-            logits = head(x)
-            loss = loss_fn(logits, y)
+            # --amp: bfloat16 matmuls (fp32 weights and loss); 2-3x faster on AVX512-BF16 CPUs and GPUs
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = head(x)
+            loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -132,7 +141,7 @@ def train_head(
                  "lr": opt.param_groups[0]["lr"] if opt else 0.0, "rows": int(n_rows)})
         if progress is not None:
             progress.update(1)
-    if source is None:
+    if threaded:
         batches.close()
     head.eval()
     info = {"steps": cfg.steps, "seconds": time.perf_counter() - t0,

@@ -112,6 +112,26 @@ def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path):
     assert log[-1]["step"] == 40 and {"loss", "fg_acc", "bg_acc"} <= set(log[-1])
 
 
+def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache, index):
+    """--amp: the bfloat16 preload is exactly autocast's cast of the float32 features; the head ends near fp32's."""
+    from simcal.calibrate.reader import FeatureReader
+
+    rows = np.sort(np.random.default_rng(0).choice(train_cache.num_rows, 300, replace=False))
+    x32, y32 = FeatureReader(train_cache, "ram").read(rows)
+    x16, y16 = FeatureReader(train_cache, "ram", dtype=torch.bfloat16).read(rows)
+    assert x16.dtype == torch.bfloat16 and torch.equal(x16, x32.to(torch.bfloat16)) and torch.equal(y16, y32)
+    a, _ = train_head(train_cache, CalibConfig(head="3fc_ft", steps=60, seed=1))
+    b, _ = train_head(train_cache, CalibConfig(head="3fc_ft", steps=60, seed=1, amp=True))
+    c, _ = train_head(train_cache, CalibConfig(head="3fc_ft", steps=60, seed=1, amp=True))
+    w = "cls_score.weight"
+    assert torch.equal(b.state_dict()[w], c.state_dict()[w])  # deterministic
+    assert not torch.equal(a.state_dict()[w], b.state_dict()[w])  # bfloat16 did run
+    init = build_head("3fc_ft", train_cache.dim, len(train_cache.attrs["categories"]), 256,
+                      train_cache.detector_head()).state_dict()[w]
+    moved32, moved16 = a.state_dict()[w] - init, b.state_dict()[w] - init
+    assert torch.nn.functional.cosine_similarity(moved32.flatten(), moved16.flatten(), dim=0) > 0.95
+
+
 def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"head": ["3fc_ft", "2fc_rand"], "steps": [20]}))
