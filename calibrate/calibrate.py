@@ -134,7 +134,8 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
     return row
 
 
-def _results_table(rows: list[dict[str, Any]]) -> str:
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """A sweep's rows as a markdown table (accuracies in %, when scored on a val cache)."""
     cols = ["head", "sampler", "loss", "steps", "seed", "steps_per_s"]
     acc = [c for c in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc") if c in rows[0]]
     lines = ["| " + " | ".join(cols + acc) + " |", "|" + "---|" * (len(cols) + len(acc))]
@@ -168,7 +169,7 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source)
     print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)", file=sys.stderr)
     if eval_cache is not None:
-        print(_results_table([row]))
+        print(results_table([row]))
     return 0
 
 
@@ -229,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
             rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader,
                                  reuse=True))
         _write_json(out / "results.json", rows)
-        table = _results_table(rows)
+        table = results_table(rows)
         (out / "results.md").write_text(table + "\n")
         print(table)
         return 0
@@ -238,5 +239,5 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "
           f"{row['steps_per_s']} steps/s)", file=sys.stderr)
     if eval_cache is not None:
-        print(_results_table([row]))
+        print(results_table([row]))
     return 0

@@ -1,11 +1,12 @@
 """``simcal demo``: the whole pipeline on the embedded synthetic benchmark.
 
-synthesize the benchmark -> train the baseline tiny detector -> extract the train
-feature cache -> one calibration sweep from it (the main 3fc_ft head, the other heads,
-step counts, the decoupled Table-4 methods) plus a short online-calibration reference
--> one inference sweep on val (baseline, calibrated, dual sel/avg, every sweep head,
-T values, props-gt, post-hoc rules) -> evaluate -> ``OUT/report.md`` with the
-paper's Tables 3-5 and Fig. 4 (PNG), ``OUT/summary.json``.
+synthesize the benchmark -> train the baseline tiny detector -> extract the train and
+val feature caches -> one calibration sweep from the train cache, scored on the val
+cache (the main 3fc_ft head, the other heads, step counts, the decoupled Table-4
+methods) plus a short online-calibration reference -> one inference sweep on val
+(baseline, calibrated, dual sel/avg, every sweep head, T values, props-gt, post-hoc
+rules) -> evaluate -> ``OUT/report.md`` with the paper's Tables 3-5 and Fig. 4 (PNG),
+``OUT/summary.json``.
 
 Each step goes through the public ``simcal`` commands (in-process) and reuses its
 output when it is already complete, so a re-run is cheap and an interrupted run resumes.
@@ -38,8 +39,8 @@ DECOUPLED = (("decoupled_cm", "CM (margin loss)", "random", "margin"),
              ("decoupled_fl", "FL (focal loss)", "random", "focal"),
              ("decoupled_is", "IS (repeat-factor sampling)", "repeat_factor", "ce"))
 OTHER_HEADS = ("2fc_rand", "3fc_rand", "2fc_ncm")
-STEP_NAMES = ("data (synthesize)", "train baseline", "extract train cache", "calibrate", "infer val",
-              "evaluate")
+STEP_NAMES = ("data (synthesize)", "train baseline", "extract train cache", "extract val cache", "calibrate",
+              "infer val", "evaluate")
 
 
 def add_parser(sub) -> None:
@@ -50,8 +51,8 @@ def add_parser(sub) -> None:
         "report to --out: the paper's Tables 3, 4, 5 and Fig. 4a-c, the props-gt upper bound, post-hoc "
         "baselines, stage wall-clock and the cache-vs-online calibration speed-up. Inputs: none (the "
         "benchmark is generated, deterministic by --seed). Outputs: OUT/data (the benchmark), "
-        "OUT/baseline_tiny.pth (the detector), OUT/train.zarr (feature cache), OUT/heads/ (calibration "
-        "sweep: one head per configuration, results.md), OUT/infer/NAME/{results,metrics}.json per "
+        "OUT/baseline_tiny.pth (the detector), OUT/{train,val}.zarr (feature caches), OUT/heads/ (calibration "
+        "sweep: one head per configuration, results.md with proposal accuracy on the val cache), OUT/infer/NAME/{results,metrics}.json per "
         "inference variant, OUT/report.md with PNG figures, OUT/summary.json, OUT/config.json. "
         "Existing complete outputs are reused.",
     )
@@ -168,6 +169,13 @@ def run(args: argparse.Namespace) -> int:
     if not existed:
         timings["extract train cache"] = time.perf_counter() - t
 
+    val_cache = out / "val.zarr"
+    t = step("extract", f"val feature cache (scores the calibration sweep) -> {val_cache}")
+    existed = val_cache.exists()
+    _simcal("extract", "--checkpoint", ckpt, "--data", data, "--split", "val", "--out", val_cache, *dev)
+    if not existed:
+        timings["extract val cache"] = time.perf_counter() - t
+
     caps = {"benchmark": int(load_annotations(val_ann).info.get("max_dets_per_image", 300)), "lvis": 300}
     heads = out / "heads"
     grid, variants, layout = plan_runs(args.preset, args.seed, heads, caps["benchmark"])
@@ -175,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(heads / "grid.json", grid, indent=2)
     t = step("calibrate", f"sweep of {len(grid)} grids from the cache -> {heads}")
     fresh = not Path(layout["main_head"]).exists()
-    _simcal("calibrate", "--cache", cache, "--sweep", heads / "grid.json", "--head", "3fc_ft", "--steps",
-            CAL_STEPS[args.preset], "--seed", args.seed, "--out", heads, *dev)
+    _simcal("calibrate", "--cache", cache, "--sweep", heads / "grid.json", "--eval-cache", val_cache, "--head",
+            "3fc_ft", "--steps", CAL_STEPS[args.preset], "--seed", args.seed, "--out", heads, *dev)
     rows = json.loads((heads / "results.json").read_text())
     if fresh:
         timings[f"calibrate sweep ({len(rows)} heads, cache)"] = time.perf_counter() - t

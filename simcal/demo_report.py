@@ -35,22 +35,32 @@ def _save(fig, out: str | os.PathLike) -> Path:
     return out
 
 
-def plot_steps(summary: dict[str, Any], steps: Sequence[int], keys: Sequence[str], out: Path) -> Path:
-    """Fig. 4a: mask AP1-AP4 and AP of the calibrated head against calibration steps."""
+def _plot_lines(summary: dict[str, Any], xs: Sequence[float], keys: Sequence[str], xlabel: str, title: str,
+                xscale: dict[str, Any], out: Path) -> Path:
+    """Mask AP1-AP4 and AP of the runs ``keys`` against ``xs`` (one line per metric)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for metric in (*BINS, "AP"):
-        ax.plot(steps, [100 * summary[k]["segm"][metric] for k in keys], marker="o",
+        ax.plot(xs, [100 * summary[k]["segm"][metric] for k in keys], marker="o",
                 lw=2.2 if metric == "AP" else 1.2, color="black" if metric == "AP" else None, label=metric)
-    ax.set_xscale("symlog", linthresh=max(1, min(s for s in steps if s > 0)))
-    ax.set_xlabel("calibration steps (0 = the detector's own classifier)")
+    ax.set_xscale(**xscale)
+    ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mask AP (%)")
-    ax.set_title("Fig. 4a: calibration dynamics (3fc_ft, calibrated head only)")
+    ax.set_title(title)
     ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.1), frameon=False)
     ax.grid(alpha=0.3)
     path = _save(fig, out)
     plt.close(fig)
     return path
+
+
+def plot_steps(summary: dict[str, Any], steps: Sequence[int], keys: Sequence[str], out: Path) -> Path:
+    """Fig. 4a: mask AP1-AP4 and AP of the calibrated head against calibration steps."""
+    return _plot_lines(summary, steps, keys, "calibration steps (0 = the detector's own classifier)",
+                       "Fig. 4a: calibration dynamics (3fc_ft, calibrated head only)",
+                       {"value": "symlog", "linthresh": max(1, min(s for s in steps if s > 0))}, out)
 
 
 def plot_heads(summary: dict[str, Any], keys: Sequence[str], labels: Sequence[str], out: Path) -> Path:
@@ -74,20 +84,8 @@ def plot_heads(summary: dict[str, Any], keys: Sequence[str], labels: Sequence[st
 
 def plot_T(summary: dict[str, Any], Ts: Sequence[float], keys: Sequence[str], out: Path) -> Path:
     """Fig. 4c: mask AP (and the bins) of the dual head against the head/tail boundary T."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for metric in (*BINS, "AP"):
-        ax.plot(Ts, [100 * summary[k]["segm"][metric] for k in keys], marker="o",
-                lw=2.2 if metric == "AP" else 1.2, color="black" if metric == "AP" else None, label=metric)
-    ax.set_xscale("log")
-    ax.set_xlabel("T: classes with at most T train instances use the calibrated head")
-    ax.set_ylabel("mask AP (%)")
-    ax.set_title("Fig. 4c: head/tail boundary T (dual head, sel)")
-    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.1), frameon=False)
-    ax.grid(alpha=0.3)
-    path = _save(fig, out)
-    plt.close(fig)
-    return path
+    return _plot_lines(summary, Ts, keys, "T: classes with at most T train instances use the calibrated head",
+                       "Fig. 4c: head/tail boundary T (dual head, sel)", {"value": "log"}, out)
 
 
 def checks(summary: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -106,6 +104,7 @@ def checks(summary: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> str:
     """``OUT/report.md`` (returned as text) and its PNG figures, from the evaluated runs."""
+    from simcal.calibrate.calibrate import results_table
     from simcal.evaluate.tables import compare_table
 
     def table(keys: Sequence[str], labels: Sequence[str]) -> str:
@@ -210,6 +209,13 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         f"with a frozen detector forward every step (the paper's/released code's way, "
         f"{speed['online_steps']} steps): **{speed['speedup']:.1f}x**. The cache cost "
         f"{summary['timings'].get('extract train cache', float('nan')):.0f} s to extract once.",
+        "",
+        "## The calibration sweep's cheap signal: proposal accuracy on the val cache",
+        "",
+        "Before any inference, `simcal calibrate --sweep --eval-cache` scores each head by the classification "
+        "accuracy of the val cache's proposals (foreground rows per bin, background rows), in %:",
+        "",
+        results_table(cfg["calibration_sweep"]),
         "",
         "## Wall-clock (this machine)",
         "",

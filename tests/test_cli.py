@@ -45,7 +45,8 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report.md").read_text()
     for section in ("## Checks", "## Table 3", "## Table 5", "## Fig. 4a", "## Fig. 4b", "## Fig. 4c", "## Table 4",
-                    "props-gt (upper bound)", "NorCal", "tau-norm", "## Calibration from the cache", "## Wall-clock"):
+                    "props-gt (upper bound)", "NorCal", "tau-norm", "## Calibration from the cache",
+                    "proposal accuracy on the val cache", "| acc_bin1 |", "## Wall-clock"):
         assert section in report, section
     for png in ("train_instances.png", "fig4a_steps.png", "fig4b_heads.png", "fig4c_T.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in report

@@ -98,9 +98,10 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
     common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
     r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0, r.stderr
-    singles = {"orig": [], "sel": ["--mode", "sel", "--head", h], "avg5": ["--mode", "avg", "--head", h,
-               "--max-dets", "5", "--T", "50"], "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"],
-               "gt": ["--props-gt", "--max-dets", "7"]}
+    # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
+    singles = {"sel": ["--mode", "sel", "--head", h],
+               "avg5": ["--mode", "avg", "--head", h, "--max-dets", "5", "--T", "50"],
+               "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"], "gt": ["--props-gt", "--max-dets", "7"]}
     for name, flags in singles.items():
         one = tmp_path / f"{name}.json"
         r = run_simcal("infer", *common, "--mode", "orig", *flags, "--out", one)
@@ -110,7 +111,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
     for d in json.loads((tmp_path / "avg5.json").read_text()):
         per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
     assert max(per_image.values()) == 5
-    assert json.loads((tmp_path / "gt.json").read_text()) != json.loads((tmp_path / "orig.json").read_text())
+    assert (tmp_path / "gt.json").read_bytes() != (tmp_path / "sweep" / "orig" / "results.json").read_bytes()
     r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stderr, r.stderr
 
@@ -144,6 +145,30 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
         ref = predict(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping)
         assert len(ref) > 0 and got[name] == ref, name
     assert got["sel"] != got["orig"]
+
+
+def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, tmp_path):
+    """Images are sharded over processes; the merged, re-sorted output is the one-process output."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "v.json").write_text(json.dumps([{"name": "orig", "max_dets": 20}, {"name": "gt", "props_gt": True},
+                                                 {"name": "nc", "posthoc": "norcal", "gamma": 0.5}]))
+    base = ["-m", "simcal", "infer", "--checkpoint", str(quick_detector), "--data", str(quick_bench), "--split",
+            "val", "--sweep", str(tmp_path / "v.json"), "--batch-size", "3", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}  # as torchrun sets per process
+    r = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        *base, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("orig", "gt", "nc"):
+        one = (tmp_path / "one" / name / "results.json").read_bytes()
+        assert one == (tmp_path / "ddp" / name / "results.json").read_bytes(), name
+    cfg = json.loads((tmp_path / "ddp" / "orig" / "results.json.config.json").read_text())
+    assert cfg["world_size"] == 2
 
 
 @pytest.mark.parametrize("variants, message", [
