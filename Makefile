@@ -7,7 +7,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Exact versions for reproducible runs; setup.cfg keeps open ranges for users.
-# --no-compile: byte-compiling all of torch costs ~20 s of set-up; modules compile on first import.
 PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.0 \
           lvis==0.5.3 pycocotools==2.0.11 faster-coco-eval==1.8.0 tqdm==4.70.1 \
           matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0
@@ -18,7 +17,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile $(PINNED)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(PINNED)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""Reading batches of rows from a feature cache, with a background prefetch thread.
+"""Reading batches of rows from a feature cache; a background prefetch thread for store reads.
 
 ``FeatureReader.read(rows)`` takes ascending row indices and returns ``(B, D)``
 features in ``dtype`` (float32; bfloat16 for ``calibrate --amp``, whose matmuls cast
