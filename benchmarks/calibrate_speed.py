@@ -40,7 +40,7 @@ def main() -> None:
     from simcal.calibrate.online import OnlineSource
     from simcal.calibrate.reader import FeatureReader
     from simcal.calibrate.samplers import CacheIndex, build_sampler
-    from simcal.calibrate.trainer import CalibConfig, DetectorSpec, train_head
+    from simcal.calibrate.trainer import CalibConfig, DetectorSpec, feature_dtype, train_head
     from simcal.data.annotations import load_annotations
     from simcal.detector.checkpoint import load_checkpoint
     from simcal.extract.schema import Cache
@@ -54,7 +54,7 @@ def main() -> None:
         raise SystemExit(f"{args.cache} was not extracted with {args.checkpoint}")
     model.requires_grad_(False)
 
-    dtype = torch.bfloat16 if args.amp else torch.float32
+    dtype = feature_dtype(args.amp)
     ram_reader = FeatureReader(cache, "auto", device, dtype)
     _, cache_info = train_head(cache, CalibConfig(head="3fc_ft", steps=steps, seed=0, amp=args.amp), device, reader=ram_reader)
     store_reader = FeatureReader(cache, "none", device, dtype)

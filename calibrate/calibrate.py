@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from simcal.data.errors import input_error
 
@@ -177,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
     from simcal.calibrate.reader import FeatureReader
     from simcal.detector.distributed import resolve_device
     from simcal.calibrate.samplers import CacheIndex
+    from simcal.calibrate.trainer import feature_dtype
 
     cfg = _config(args)
     device = resolve_device(args.device)
@@ -197,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
               f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
         return 0
 
-    reader = FeatureReader(cache, args.preload, device, torch.bfloat16 if args.amp else torch.float32)
+    reader = FeatureReader(cache, args.preload, device, feature_dtype(cfg.amp))
     eval_cache = eval_reader = None
     if args.eval_cache:
         eval_cache = _open(args.eval_cache)

@@ -2,8 +2,9 @@
 
 ``FeatureReader.read(rows)`` takes ascending row indices and returns ``(B, D)``
 features in ``dtype`` (float32; bfloat16 for ``calibrate --amp``, whose matmuls cast
-to bfloat16 anyway: the preloaded copy is then bfloat16 and a read is a bare gather). ``--preload ram`` copies the features into memory once
-(float16/int8 as stored) and gathers rows from there; ``gpu`` does the same on the
+to bfloat16 anyway: the preloaded copy is then bfloat16 and a read is a bare gather).
+``--preload ram`` copies the features into memory once (float16/int8 as stored) and
+gathers rows from there; ``gpu`` does the same on the
 device; ``none`` reads from the store every batch with one orthogonal selection,
 so zarr reads each touched chunk once (a bi-level batch touches about two chunks
 per image, since rows are grouped by image); ``auto`` (the default) preloads to

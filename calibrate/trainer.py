@@ -39,6 +39,11 @@ class CalibConfig:
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def feature_dtype(amp: bool) -> torch.dtype:
+    """What a reader hands the trainer: bfloat16 under ``--amp`` (autocast's cast, done once at preload)."""
+    return torch.bfloat16 if amp else torch.float32
+
+
 def config_dict(cfg: CalibConfig) -> dict[str, Any]:
     """The JSON form of a configuration, as head checkpoints and sweep rows record it."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
@@ -77,7 +82,7 @@ def train_head(
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, cache.dim, num_classes, hidden, det).to(device)
     if source is None:
-        reader = reader or FeatureReader(cache, "auto", device, torch.bfloat16 if cfg.amp else torch.float32)
+        reader = reader or FeatureReader(cache, "auto", device, feature_dtype(cfg.amp))
         index = index or CacheIndex.from_cache(cache)
         kw = {"seed": cfg.seed, "classes_per_batch": cfg.classes_per_batch, "bg_ratio": cfg.bg_ratio,
               "batch_rows": cfg.batch_rows, "images_per_class": cfg.images_per_class}
@@ -111,11 +116,12 @@ def train_head(
         n_rows, x, y = next(batches)
         if not cfg.amp:
             x = x.float()  # a bfloat16 reader shared with --amp runs
-        if opt is None:  # nearest class mean: accumulate, no gradient
-            head.accumulate(x.float(), y)
+        if opt is None:  # nearest class mean: accumulate, no gradient (always float32)
+            x = x.float()
+            head.accumulate(x, y)
             loss = torch.zeros(())
             with torch.no_grad():
-                logits = head(x.float())
+                logits = head(x)
         else:
             # --amp: bfloat16 matmuls (fp32 weights and loss); 2-3x faster on AVX512-BF16 CPUs and GPUs
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
