@@ -76,6 +76,14 @@ class Batch:
     num_fg: int
 
 
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ``arange(starts[k], ends[k])`` and, for each value, its ``k``: no Python loop."""
+    lengths = ends - starts
+    owner = np.repeat(np.arange(len(starts)), lengths)
+    first = np.cumsum(lengths) - lengths  # position of each range's first value in the output
+    return np.arange(int(lengths.sum()), dtype=np.int64) - first[owner] + starts[owner], owner
+
+
 def _subsample(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     if len(rows) <= k:
         return rows
@@ -111,12 +119,10 @@ class Sampler:
         background target follows the deduplicated foreground count.
         """
         fg = np.unique(fg)
-        lab = self.index.labels
-        bg_parts = []
-        for i in np.unique(images):
-            a, b = self.index.image_rows(int(i))
-            bg_parts.append(np.arange(a, b)[lab[a:b] == 0])
-        bg = np.concatenate(bg_parts) if bg_parts else np.zeros(0, dtype=np.int64)
+        ptr = self.index.image_row_ptr
+        imgs = np.unique(images)
+        rows, _ = _ranges(ptr[imgs], ptr[imgs + 1])  # the images' rows, image by image
+        bg = rows[self.index.labels[rows] == 0]
         bg = _subsample(bg, int(round(self.bg_ratio * len(fg))), self.rng)
         rows = np.unique(np.concatenate([fg, bg]).astype(np.int64))
         return Batch(rows, drawn, np.unique(images), int(len(fg)))
@@ -126,16 +132,16 @@ class BilevelSampler(Sampler):
     name = "bilevel"
 
     def sample(self) -> Batch:
-        idx, lab = self.index, self.index.labels
+        idx = self.index
         classes = self.present[self.rng.integers(0, len(self.present), size=self.n)]  # (1) with replacement
-        fg_parts, images = [], []
-        for c in classes:
-            imgs = idx.images_of_class(int(c))
-            for i in imgs[self.rng.integers(0, len(imgs), size=self.images_per_class)]:  # (2)
-                a, b = idx.image_rows(int(i))
-                fg_parts.append(np.arange(a, b)[lab[a:b] == c])  # (3) only the drawn class's rows
-                images.append(i)
-        return self._with_background(np.concatenate(fg_parts), np.array(images), classes)  # (4)
+        # (2) images_per_class images of each drawn class, uniformly among those holding it (one draw
+        # with an array of bounds: the same numbers as one draw per class, in order)
+        cls = np.repeat(classes, self.images_per_class)
+        first, count = idx.class_image_ptr[cls], idx.class_image_ptr[cls + 1] - idx.class_image_ptr[cls]
+        images = idx.class_images[first + self.rng.integers(0, count)]
+        rows, k = _ranges(idx.image_row_ptr[images], idx.image_row_ptr[images + 1])
+        fg = rows[idx.labels[rows] == cls[k]]  # (3) only the drawn class's rows of its image
+        return self._with_background(fg, images, classes)  # (4)
 
 
 class RandomSampler(Sampler):
@@ -178,13 +184,9 @@ class RepeatFactorSampler(Sampler):
         self.prob = r_img / r_img.sum()
 
     def sample(self) -> Batch:
-        lab = self.index.labels
         images = self.rng.choice(self.index.num_images, size=self.n, replace=True, p=self.prob)
-        fg_parts = []
-        for i in images:
-            a, b = self.index.image_rows(int(i))
-            fg_parts.append(np.arange(a, b)[lab[a:b] > 0])
-        return self._with_background(np.concatenate(fg_parts), images, np.zeros(0, dtype=np.int64))
+        rows, _ = _ranges(self.index.image_row_ptr[images], self.index.image_row_ptr[images + 1])
+        return self._with_background(rows[self.index.labels[rows] > 0], images, np.zeros(0, dtype=np.int64))
 
 
 def build_sampler(name: str, index: CacheIndex, **kw) -> Sampler:

@@ -2,8 +2,9 @@
 
 Released-code optimisation (DESIGN.md §5): plain SGD, lr 0.01, no momentum, no
 weight decay, lr x0.1 and x0.01 late in training; cross-entropy over C+1 classes
-(paper Eq. 1) or one of the shared long-tail losses. Batches are drawn and read in
-a background thread so reads overlap compute; the same seed gives the same head.
+(paper Eq. 1) or one of the shared long-tail losses. Store reads run in a background
+thread where a core is free for it (``FeatureReader.prefetch``); the same seed gives the
+same head either way.
 """
 
 from __future__ import annotations
@@ -107,10 +108,9 @@ def train_head(
 
     t0 = time.perf_counter()
     head.train()
-    # Store reads overlap compute in a thread. A gather from preloaded memory is cheaper than the
-    # contention a thread adds on a small CPU, and the online source runs the detector: those stay
-    # on this thread.
-    threaded = source is None and getattr(reader, "memory", None) is None
+    # Store reads may overlap compute in a thread (FeatureReader.prefetch says when). The online
+    # source runs the detector: it stays on this thread.
+    threaded = source is None and getattr(reader, "prefetch", False)
     batches = prefetch(produce) if threaded else iter(produce, None)
     for step in range(cfg.steps):
         n_rows, x, y = next(batches)

@@ -112,6 +112,20 @@ def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path):
     assert log[-1]["step"] == 40 and {"loss", "fg_acc", "bg_acc"} <= set(log[-1])
 
 
+def test_store_reads_and_the_prefetch_thread_train_the_same_head(train_cache, index):
+    from simcal.calibrate.reader import FeatureReader
+
+    cfg = CalibConfig(head="3fc_ft", steps=25, seed=2)
+    ram, _ = train_head(train_cache, cfg, reader=FeatureReader(train_cache, "ram"), index=index)
+    store = FeatureReader(train_cache, "none")
+    assert store.store_rows is not None  # the shard byte-range reader, not zarr's chunk reads
+    for threaded in (False, True):
+        store.prefetch = threaded
+        head, _ = train_head(train_cache, cfg, reader=store, index=index)
+        for k, v in ram.state_dict().items():
+            assert torch.equal(v, head.state_dict()[k]), (threaded, k)
+
+
 def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache, index):
     """--amp: the bfloat16 preload is exactly autocast's cast of the float32 features; the head ends near fp32's."""
     from simcal.calibrate.reader import FeatureReader

@@ -1,0 +1,72 @@
+"""Sub-chunk row reads from sharded zarr arrays equal zarr's own reads, byte for byte."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from simcal.calibrate.reader import FeatureReader
+from simcal.extract.shard_rows import ShardRowReader, UnsupportedLayout
+
+
+def _array(path, compressors=None, rows=130, written=100, dtype="float16"):
+    """Chunks of 7 rows, shards of 4 chunks (28 rows): the last shard is partial; rows past
+    ``written`` are never written, so shard 3 has empty inner chunks and shard 4 no file."""
+    a = zarr.create_array(str(path), shape=(rows, 5), chunks=(7, 5), shards=(28, 5), dtype=dtype, fill_value=0,
+                          compressors=compressors)
+    data = np.random.default_rng(0).standard_normal((written, 5)).astype(dtype)
+    a[:written] = data
+    return a
+
+
+def test_reads_equal_zarr_for_any_row_set(tmp_path):
+    a = _array(tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr" / "c" / "4" / "0").exists()  # rows 112.. never written: no shard file
+    r = ShardRowReader(a)
+    rng = np.random.default_rng(1)
+    sets = [np.arange(130), np.array([0]), np.array([129]), np.arange(95, 120), np.array([6, 7, 27, 28, 55, 56])]
+    sets += [np.sort(rng.choice(130, size=k, replace=False)) for k in (1, 3, 17, 64, 129) for _ in range(10)]
+    for rows in sets:
+        want = a.get_orthogonal_selection((rows, slice(None)))
+        got = r.read(rows)
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint16), want.view(np.uint16)), rows
+    assert r.read(np.zeros(0, np.int64)).shape == (0, 5)
+    with pytest.raises(IndexError):
+        r.read(np.array([3, 2]))
+
+
+def test_other_layouts_are_left_to_zarr(tmp_path):
+    a = _array(tmp_path / "gz.zarr", compressors=zarr.codecs.GzipCodec())
+    with pytest.raises(UnsupportedLayout, match="compressed"):
+        ShardRowReader(a)
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(10, 5), chunks=(7, 5), dtype="float16")
+    with pytest.raises(UnsupportedLayout, match="sharding"):
+        ShardRowReader(plain)
+
+
+def test_feature_reader_store_reads_equal_memory_reads(tmp_path):
+    """A cache-shaped group: preload none (shard reads), and a compressed one (zarr reads), equal to RAM."""
+    for name, comp in (("shard", None), ("gzip", zarr.codecs.GzipCodec())):
+        g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        feats = _array(tmp_path / f"{name}.zarr" / "features", compressors=comp, rows=100)
+        g.create_array("labels", data=np.arange(100, dtype=np.int16) % 3)
+        cache = {"features": g["features"], "labels": g["labels"]}
+        store, ram = FeatureReader(cache, "none"), FeatureReader(cache, "ram", dtype=torch.bfloat16)
+        assert (store.store_rows is not None) == (comp is None)
+        rows = np.array([0, 5, 6, 7, 30, 31, 77, 99])
+        x, y = store.read(rows)
+        assert torch.equal(x, torch.from_numpy(np.asarray(feats[:][rows]).astype(np.float32)))
+        xb, yb = ram.read(rows)
+        assert torch.equal(xb, x.to(torch.bfloat16)) and torch.equal(y, yb)
+
+
+def test_a_corrupt_shard_index_is_refused(tmp_path):
+    a = _array(tmp_path / "a.zarr")
+    shard = tmp_path / "a.zarr" / "c" / "1" / "0"
+    with open(shard, "r+b") as f:
+        f.seek(os.path.getsize(shard) - 10)
+        f.write(b"\xff")
+    with pytest.raises(OSError, match="corrupt"):
+        ShardRowReader(a).read(np.array([30]))
