@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from simcal.data.errors import input_error
+
 EMPTY = np.uint64(2**64 - 1)
 #: Shard files kept mapped at once (a large cache has thousands of shards).
 MAX_OPEN_FILES = 64
@@ -107,7 +109,8 @@ class ShardRowReader:
             n = self.chunks_per_shard * 16
             raw = os.pread(f.fileno(), n + 4, max(size - n - 4, 0))
             if len(raw) != n + 4 or google_crc32c.value(raw[:n]) != int(np.frombuffer(raw[n:], "<u4")[0]):
-                raise OSError(f"{path}: the shard index is truncated or corrupt (checksum mismatch)")
+                raise input_error(path, "the shard index is truncated or corrupt (crc32c mismatch)",
+                                  "extract the cache again")
             pairs = np.frombuffer(raw[:n], "<u8").reshape(-1, 2)
             empty = pairs[:, 0] == EMPTY
             full = pairs[~empty].astype(np.int64)

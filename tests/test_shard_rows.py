@@ -8,6 +8,7 @@ import torch
 import zarr
 
 from simcal.calibrate.reader import FeatureReader
+from simcal.data.errors import InputError
 from simcal.extract.shard_rows import ShardRowReader, UnsupportedLayout
 
 
@@ -68,5 +69,5 @@ def test_a_corrupt_shard_index_is_refused(tmp_path):
     with open(shard, "r+b") as f:
         f.seek(os.path.getsize(shard) - 10)
         f.write(b"\xff")
-    with pytest.raises(OSError, match="corrupt"):
+    with pytest.raises(InputError, match=r"c/1/0: the shard index is truncated or corrupt.*extract the cache again"):
         ShardRowReader(a).read(np.array([30]))
