@@ -5,10 +5,11 @@ features in ``dtype`` (float32; bfloat16 for ``calibrate --amp``, whose matmuls 
 to bfloat16 anyway: the preloaded copy is then bfloat16 and a read is a bare gather).
 ``--preload ram`` copies the features into memory once (float16/int8 as stored) and
 gathers rows from there; ``gpu`` does the same on the
-device; ``none`` reads from the store every batch: the rows' own byte ranges from
-the shard files (:mod:`simcal.extract.shard_rows`; zarr itself would read every
-touched 1 MiB chunk whole, 20x the bytes a bi-level batch needs), contiguous runs
-from an h5py export, one orthogonal selection through zarr for any other layout.
+device; ``none`` reads from the store every batch, through memory maps of the
+cache's files (:mod:`simcal.extract.mapped_rows`: zarr itself would read every
+touched 1 MiB chunk whole, 20x the bytes a bi-level batch needs); layouts those
+maps do not cover go through the library (an orthogonal selection in zarr,
+contiguous runs in h5py).
 ``auto`` (the default) preloads to RAM when the features take at most
 ``AUTO_RAM_FRACTION`` of the machine's memory and 8 GiB, else reads from the store.
 Labels and int8 scales (a few bytes a row) are always held in memory.
@@ -70,13 +71,13 @@ class FeatureReader:
             if self.scale is None and dtype == torch.bfloat16:  # fp16 -> bf16 once: what autocast does every step
                 self.memory = self.memory.to(dtype)
         elif preload == "none":
-            from simcal.extract.shard_rows import ShardRowReader, UnsupportedLayout
+            from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
 
-            if hasattr(self.features, "get_orthogonal_selection"):  # zarr
-                try:
-                    self.store_rows = ShardRowReader(self.features)
-                except UnsupportedLayout:
-                    pass  # e.g. a compressed store written by another tool: zarr reads it
+            zarr_array = hasattr(self.features, "get_orthogonal_selection")
+            try:
+                self.store_rows = (ShardRowReader if zarr_array else H5RowReader)(self.features)
+            except UnsupportedLayout:
+                pass  # e.g. a compressed store or an older chunked export: the library reads it
         else:
             raise ValueError(f"unknown preload {preload!r}; choose from {', '.join(PRELOAD)}")
         self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64))

@@ -139,7 +139,9 @@ def export_h5(src: Cache, out: Path) -> Path:
                 continue
             shape, dtype = arr.shape, arr.dtype
             chunk_rows = max(1, min(shape[0], (2**20) // max(1, int(np.prod(shape[1:] or (1,))) * dtype.itemsize)))
-            ds = h.create_dataset(name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]) if shape[0] else None)
+            # features contiguous: the trainer maps them (np.memmap at the dataset's offset)
+            chunks = (chunk_rows, *shape[1:]) if shape[0] and name != "features" else None
+            ds = h.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
             for start in range(0, shape[0], _BLOCK):
                 ds[start : start + _BLOCK] = np.asarray(arr[start : start + _BLOCK])
         g = h.create_group("index")

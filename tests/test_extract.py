@@ -175,9 +175,9 @@ def test_h5_export_round_trip(val_cache, tmp_path):
     from simcal.calibrate.reader import FeatureReader
 
     rows = np.sort(np.random.default_rng(0).choice(z.num_rows, 200, replace=False))
-    zr = FeatureReader(z, "none")
-    assert zr.store_rows is not None
-    for x in (zr.read(rows)[0], FeatureReader(h, "none").read(rows)[0]):
+    zr, hr = FeatureReader(z, "none"), FeatureReader(h, "none")
+    assert zr.store_rows is not None and hr.store_rows is not None  # both mapped, not library reads
+    for x in (zr.read(rows)[0], hr.read(rows)[0]):
         assert torch.equal(x, FeatureReader(z, "ram").read(rows)[0])
 
 

@@ -1,4 +1,14 @@
-"""Row reads below zarr's chunk granularity, for the cache's uncompressed sharded ``features``.
+"""Reading a batch's feature rows through memory maps of the cache's files.
+
+- :class:`ShardRowReader`: the zarr store's uncompressed sharded ``features`` (below).
+- :class:`H5RowReader`: an h5 export whose ``features`` is one contiguous, unfiltered
+  dataset (what ``simcal cache export`` writes), mapped with ``np.memmap`` at the
+  dataset's file offset, the usual h5py idiom.
+
+Both return what the library would, byte for byte (tested), and refuse layouts they do
+not understand with :class:`UnsupportedLayout`, so the caller reads through the library.
+
+**The zarr store.**
 
 zarr reads and decodes whole inner chunks (partial chunk reads are zarr-specs
 issue #59, still open), and DESIGN.md §4 fixes chunks at >= 1 MiB. A bi-level batch
@@ -16,10 +26,8 @@ nanoGPT way: the data file *is* the array) and takes a batch's rows of a shard w
 one numpy gather, so the page cache serves just the pages those rows live on. The
 index is checked against its crc32c when a shard is first mapped.
 
-It accepts only the layout it understands (a local store, the ``bytes`` codec inside
-``sharding_indexed``, index at the end with crc32c, inner chunks at row-aligned
-offsets) and raises :class:`UnsupportedLayout` otherwise; callers then read through
-zarr.
+It accepts only a local store, the ``bytes`` codec inside ``sharding_indexed``, the
+index at the end with crc32c, and inner chunks at row-aligned offsets.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ MAX_OPEN_FILES = 64
 
 
 class UnsupportedLayout(ValueError):
-    """The array is not an uncompressed, sharded zarr v3 array on a local store."""
+    """The array's layout is not one these readers map; read it through its library."""
 
 
 def _codec_dicts(array: Any) -> list[dict[str, Any]]:
@@ -151,3 +159,23 @@ class ShardRowReader:
                 out[a:b][~ok] = self.fill
                 out[a:b][ok] = mapped[file_rows[ok]]
         return out
+
+
+class H5RowReader:
+    """Rows of a contiguous, unfiltered 2-D h5py dataset, through ``np.memmap``.
+
+    ``read(rows)`` -> ``(len(rows), D)``, equal to ``dataset[rows]``. Chunked exports (written
+    before the export went contiguous) raise :class:`UnsupportedLayout`.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        if dataset.ndim != 2 or dataset.chunks is not None or dataset.compression is not None:
+            raise UnsupportedLayout("not a contiguous, unfiltered 2-D dataset")
+        offset = dataset.id.get_offset()
+        if offset is None:  # storage never allocated: nothing was written
+            raise UnsupportedLayout("the dataset has no storage")
+        self.rows = np.memmap(dataset.file.filename, dtype=dataset.dtype, mode="r", offset=offset,
+                              shape=dataset.shape)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return np.take(self.rows, np.asarray(rows, dtype=np.int64), axis=0)

@@ -9,7 +9,7 @@ import zarr
 
 from simcal.calibrate.reader import FeatureReader
 from simcal.data.errors import InputError
-from simcal.extract.shard_rows import ShardRowReader, UnsupportedLayout
+from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
 
 
 def _array(path, compressors=None, rows=130, written=100, dtype="float16"):
@@ -71,3 +71,22 @@ def test_a_corrupt_shard_index_is_refused(tmp_path):
         f.write(b"\xff")
     with pytest.raises(InputError, match=r"c/1/0: the shard index is truncated or corrupt.*extract the cache again"):
         ShardRowReader(a).read(np.array([30]))
+
+
+def test_h5_contiguous_features_are_mapped_and_chunked_ones_left_to_h5py(tmp_path):
+    import h5py
+
+    data = np.random.default_rng(2).standard_normal((50, 6)).astype(np.float16)
+    with h5py.File(tmp_path / "c.h5", "w") as h:
+        h.create_dataset("contiguous", data=data)
+        h.create_dataset("big_endian", data=data.astype(">f2"))
+        h.create_dataset("chunked", data=data, chunks=(8, 6))
+        h.create_dataset("gzip", data=data, chunks=(8, 6), compression="gzip")
+    with h5py.File(tmp_path / "c.h5", "r") as h:
+        rows = np.array([0, 3, 4, 5, 31, 49])
+        for name in ("contiguous", "big_endian"):
+            got = H5RowReader(h[name]).read(rows)
+            assert np.array_equal(got, h[name][rows]) and np.array_equal(got.astype(np.float16), data[rows])
+        for name in ("chunked", "gzip"):
+            with pytest.raises(UnsupportedLayout):
+                H5RowReader(h[name])
