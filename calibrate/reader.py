@@ -88,7 +88,12 @@ class FeatureReader:
 
     def _read_store(self, rows: np.ndarray) -> np.ndarray:
         if self.store_rows is not None:
-            return self.store_rows.read(rows)
+            from simcal.extract.mapped_rows import UnsupportedLayout
+
+            try:
+                return self.store_rows.read(rows)
+            except UnsupportedLayout:  # a shard the map cannot read (seen only once it is opened)
+                self.store_rows = None
         if hasattr(self.features, "get_orthogonal_selection"):  # other zarr layouts: each chunk read once
             return np.asarray(self.features.get_orthogonal_selection((rows, slice(None))))
         return np.concatenate([np.asarray(self.features[a:b]) for a, b in runs(rows)])  # h5py: contiguous runs

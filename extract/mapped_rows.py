@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,13 @@ MAX_OPEN_FILES = 64
 
 class UnsupportedLayout(ValueError):
     """The array's layout is not one these readers map; read it through its library."""
+
+
+def _check_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows[0] < 0 or rows[-1] >= n or np.any(np.diff(rows) <= 0)):
+        raise IndexError("rows must be ascending, unique and inside the array")
+    return rows
 
 
 def _codec_dicts(array: Any) -> list[dict[str, Any]]:
@@ -76,8 +84,10 @@ class ShardRowReader:
             raise UnsupportedLayout("inner chunks are compressed or transformed")
         if dtype.itemsize > 1 and inner[0].get("configuration", {}).get("endian", "little") != "little":
             raise UnsupportedLayout("inner chunks are big-endian")
-        if conf.get("index_location", "end") != "end" or [c["name"] for c in conf["index_codecs"]] != ["bytes", "crc32c"]:
-            raise UnsupportedLayout("the shard index is not a plain index at the end with crc32c")
+        index_codecs = conf.get("index_codecs", [])
+        if (conf.get("index_location", "end") != "end" or [c["name"] for c in index_codecs] != ["bytes", "crc32c"]
+                or index_codecs[0].get("configuration", {}).get("endian", "little") != "little"):
+            raise UnsupportedLayout("the shard index is not a little-endian index at the end with crc32c")
         if list(conf["chunk_shape"])[1:] != [array.shape[1]] or list(array.shards)[1:] != [array.shape[1]]:
             raise UnsupportedLayout("chunks do not hold whole rows")
         store = array.store_path.store
@@ -93,7 +103,8 @@ class ShardRowReader:
         self.shard_rows = int(array.shards[0])
         self.chunks_per_shard = self.shard_rows // self.chunk_rows
         self.fill = np.asarray(array.fill_value if array.fill_value is not None else 0, dtype=dtype)
-        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
+        self._lock = threading.Lock()  # a sweep's next prefetch thread may start before the last one ends
 
     # -- shard files, their indexes, their mappings
     def _path(self, shard: int) -> Path:
@@ -102,9 +113,17 @@ class ShardRowReader:
     def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(chunks_per_shard,) first file row of each inner chunk (-1: empty) and the file mapped as
         (rows, D); None when the shard has no file (never written: all fill value)."""
-        if shard in self._open:
-            self._open.move_to_end(shard)
-            return self._open[shard]
+        with self._lock:
+            if shard in self._open:
+                self._open.move_to_end(shard)
+                return self._open[shard]
+            entry = self._map(shard)
+            self._open[shard] = entry
+            if len(self._open) > MAX_OPEN_FILES:
+                self._open.popitem(last=False)  # unmapped once no batch holds a view of it
+            return entry
+
+    def _map(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
         import google_crc32c  # zarr's own crc32c implementation
 
         path = self._path(shard)
@@ -120,27 +139,21 @@ class ShardRowReader:
                 raise input_error(path, "the shard index is truncated or corrupt (crc32c mismatch)",
                                   "extract the cache again")
             pairs = np.frombuffer(raw[:n], "<u8").reshape(-1, 2)
-            empty = pairs[:, 0] == EMPTY
+            empty = (pairs[:, 0] == EMPTY) & (pairs[:, 1] == EMPTY)
             full = pairs[~empty].astype(np.int64)
             if (np.any(full[:, 1] != self.chunk_rows * self.row_bytes) or np.any(full[:, 0] % self.row_bytes)
                     or np.any(full.sum(1) > size - n - 4)):
                 raise UnsupportedLayout(f"{path}: an inner chunk is not {self.chunk_rows} plain, row-aligned rows")
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays valid after the file closes
         rows = np.frombuffer(mapped, dtype=self.dtype, count=((size - n - 4) // self.row_bytes) * self.dim)
-        entry = (np.where(empty, -1, pairs[:, 0].astype(np.int64) // self.row_bytes), rows.reshape(-1, self.dim))
-        self._open[shard] = entry
-        if len(self._open) > MAX_OPEN_FILES:
-            self._open.popitem(last=False)  # unmapped once no batch holds a view of it
-        return entry
+        return np.where(empty, -1, pairs[:, 0].astype(np.int64) // self.row_bytes), rows.reshape(-1, self.dim)
 
     # -- reads
     def read(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = _check_rows(rows, self.array.shape[0])
         out = np.empty((len(rows), self.dim), dtype=self.dtype)
         if len(rows) == 0:
             return out
-        if rows[0] < 0 or rows[-1] >= self.array.shape[0] or np.any(np.diff(rows) <= 0):
-            raise IndexError("rows must be ascending, unique and inside the array")
         shard = rows // self.shard_rows
         local = rows - shard * self.shard_rows
         cuts = np.flatnonzero(np.diff(shard)) + 1
@@ -169,13 +182,19 @@ class H5RowReader:
     """
 
     def __init__(self, dataset: Any) -> None:
-        if dataset.ndim != 2 or dataset.chunks is not None or dataset.compression is not None:
-            raise UnsupportedLayout("not a contiguous, unfiltered 2-D dataset")
+        import h5py
+
+        if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 2 or dataset.chunks is not None \
+                or dataset.compression is not None:
+            raise UnsupportedLayout("not a contiguous, unfiltered 2-D h5py dataset")
         offset = dataset.id.get_offset()
-        if offset is None:  # storage never allocated: nothing was written
-            raise UnsupportedLayout("the dataset has no storage")
-        self.rows = np.memmap(dataset.file.filename, dtype=dataset.dtype, mode="r", offset=offset,
-                              shape=dataset.shape)
+        if offset is None:  # storage never allocated (nothing written), or external
+            raise UnsupportedLayout("the dataset has no storage in its file")
+        try:
+            self.rows = np.memmap(dataset.file.filename, dtype=dataset.dtype, mode="r", offset=offset,
+                                  shape=dataset.shape)
+        except (ValueError, OSError) as e:  # e.g. a truncated file: h5py reports it better
+            raise UnsupportedLayout(f"cannot map the dataset ({e})")
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        return np.take(self.rows, np.asarray(rows, dtype=np.int64), axis=0)
+        return np.take(self.rows, _check_rows(rows, len(self.rows)), axis=0)

@@ -90,3 +90,67 @@ def test_h5_contiguous_features_are_mapped_and_chunked_ones_left_to_h5py(tmp_pat
         for name in ("chunked", "gzip"):
             with pytest.raises(UnsupportedLayout):
                 H5RowReader(h[name])
+
+
+def _rewrite_shard(path, order, gap):
+    """Rewrite a shard with its inner chunks in ``order`` after ``gap`` bytes, with a valid index."""
+    import google_crc32c
+
+    raw = open(path, "rb").read()
+    pairs = np.frombuffer(raw[-4 * 16 - 4 : -4], "<u8").reshape(-1, 2)
+    body, new = b"\0" * gap, pairs.copy()
+    for k in order:
+        o, nb = pairs[k]
+        new[k] = (len(body), nb)
+        body += raw[int(o) : int(o + nb)]
+    idx = new.astype("<u8").tobytes()
+    open(path, "wb").write(body + idx + np.uint32(google_crc32c.value(idx)).astype("<u4").tobytes())
+
+
+def test_out_of_order_chunks_are_mapped_and_unaligned_ones_fall_back_to_zarr(tmp_path):
+    rows = np.array([0, 29, 40, 50, 60, 100])
+    for name, gap in (("permuted", 0), ("unaligned", 2)):
+        g = zarr.open_group(str(tmp_path / name), mode="w")
+        a = _array(tmp_path / name / "features", rows=112, written=112)
+        g.create_array("labels", data=np.zeros(112, np.int16))
+        _rewrite_shard(tmp_path / name / "features" / "c" / "1" / "0", [3, 1, 0, 2], gap)
+        want = a.get_orthogonal_selection((rows, slice(None)))
+        reader = FeatureReader({"features": g["features"], "labels": g["labels"]}, "none")
+        assert torch.equal(reader.read(rows)[0], torch.from_numpy(want.astype(np.float32))), name
+        assert (reader.store_rows is not None) == (gap == 0), name  # unaligned: zarr reads it from then on
+
+
+def test_a_big_endian_index_is_left_to_zarr(tmp_path):
+    codec = zarr.codecs.ShardingCodec(chunk_shape=(7, 5), codecs=[zarr.codecs.BytesCodec()],
+                                      index_codecs=[zarr.codecs.BytesCodec(endian="big"), zarr.codecs.Crc32cCodec()])
+    a = zarr.create_array(str(tmp_path / "b.zarr"), shape=(30, 5), chunks=(28, 5), dtype="float16",
+                          compressors=None, serializer=codec)
+    with pytest.raises(UnsupportedLayout, match="little-endian index"):
+        ShardRowReader(a)
+
+
+def test_one_reader_serves_two_threads(tmp_path, monkeypatch):
+    """A sweep's next prefetch thread can start while the last one finishes a read."""
+    import threading
+
+    import simcal.extract.mapped_rows as mapped
+
+    monkeypatch.setattr(mapped, "MAX_OPEN_FILES", 2)  # evictions on almost every read
+    a = _array(tmp_path / "a.zarr", rows=130, written=130)
+    r, want, errors = ShardRowReader(a), a[:], []
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(300):
+                rows = np.sort(rng.choice(130, size=9, replace=False))
+                assert np.array_equal(r.read(rows).view(np.uint16), want[rows].view(np.uint16))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
