@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
                    "detector forward: 2-3x faster steps on GPUs and AVX512-BF16 CPUs; off by default (fp32, as "
                    "the released code)")
     p.add_argument("--preload", choices=("auto", "none", "ram", "gpu"), default="auto",
-                   help="none: read each batch's rows from the store (a zarr cache straight from its shard files, "
-                   "an h5 export in contiguous runs); ram / gpu: copy them there once; "
+                   help="none: read each batch's rows from the store (a zarr cache or an h5 export "
+                   "through memory maps of its files); ram / gpu: copy them there once; "
                    "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none")
     p.add_argument("--sample-only", action="store_true", help="draw the batches, train nothing; needs --stats")
     p.add_argument("--stats", metavar="OUT.json", help="with --sample-only: write sampler statistics here")

@@ -25,6 +25,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
+
 PRELOAD = ("auto", "none", "ram", "gpu")
 AUTO_RAM_FRACTION = 0.4
 AUTO_RAM_MAX = 8 * 2**30
@@ -71,8 +73,6 @@ class FeatureReader:
             if self.scale is None and dtype == torch.bfloat16:  # fp16 -> bf16 once: what autocast does every step
                 self.memory = self.memory.to(dtype)
         elif preload == "none":
-            from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
-
             zarr_array = hasattr(self.features, "get_orthogonal_selection")
             try:
                 self.store_rows = (ShardRowReader if zarr_array else H5RowReader)(self.features)
@@ -88,8 +88,6 @@ class FeatureReader:
 
     def _read_store(self, rows: np.ndarray) -> np.ndarray:
         if self.store_rows is not None:
-            from simcal.extract.mapped_rows import UnsupportedLayout
-
             try:
                 return self.store_rows.read(rows)
             except UnsupportedLayout:  # a shard the map cannot read (seen only once it is opened)

@@ -29,6 +29,14 @@ import numpy as np
 SAMPLERS = ("bilevel", "random", "class_balanced", "repeat_factor")
 
 
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ``arange(starts[k], ends[k])`` and, for each value, its ``k``: no Python loop."""
+    lengths = ends - starts
+    owner = np.repeat(np.arange(len(starts)), lengths)
+    first = np.cumsum(lengths) - lengths  # position of each range's first value in the output
+    return np.arange(int(lengths.sum()), dtype=np.int64) - first[owner] + starts[owner], owner
+
+
 @dataclass
 class CacheIndex:
     """What samplers need, all in memory: (R,) labels and the CSR index of a cache."""
@@ -64,8 +72,9 @@ class CacheIndex:
     def images_of_class(self, c: int) -> np.ndarray:
         return self.class_images[self.class_image_ptr[c] : self.class_image_ptr[c + 1]]
 
-    def image_rows(self, i: int) -> tuple[int, int]:
-        return int(self.image_row_ptr[i]), int(self.image_row_ptr[i + 1])
+    def rows_of_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All rows of ``images``, image by image, and for each row its position in ``images``."""
+        return _ranges(self.image_row_ptr[images], self.image_row_ptr[images + 1])
 
 
 @dataclass
@@ -74,14 +83,6 @@ class Batch:
     drawn_classes: np.ndarray  # classes drawn at the class level (bilevel, class_balanced), else empty
     images: np.ndarray  # images the batch touched
     num_fg: int
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated ``arange(starts[k], ends[k])`` and, for each value, its ``k``: no Python loop."""
-    lengths = ends - starts
-    owner = np.repeat(np.arange(len(starts)), lengths)
-    first = np.cumsum(lengths) - lengths  # position of each range's first value in the output
-    return np.arange(int(lengths.sum()), dtype=np.int64) - first[owner] + starts[owner], owner
 
 
 def _subsample(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -119,9 +120,7 @@ class Sampler:
         background target follows the deduplicated foreground count.
         """
         fg = np.unique(fg)
-        ptr = self.index.image_row_ptr
-        imgs = np.unique(images)
-        rows, _ = _ranges(ptr[imgs], ptr[imgs + 1])  # the images' rows, image by image
+        rows, _ = self.index.rows_of_images(np.unique(images))
         bg = rows[self.index.labels[rows] == 0]
         bg = _subsample(bg, int(round(self.bg_ratio * len(fg))), self.rng)
         rows = np.unique(np.concatenate([fg, bg]).astype(np.int64))
@@ -139,7 +138,7 @@ class BilevelSampler(Sampler):
         cls = np.repeat(classes, self.images_per_class)
         first, count = idx.class_image_ptr[cls], idx.class_image_ptr[cls + 1] - idx.class_image_ptr[cls]
         images = idx.class_images[first + self.rng.integers(0, count)]
-        rows, k = _ranges(idx.image_row_ptr[images], idx.image_row_ptr[images + 1])
+        rows, k = idx.rows_of_images(images)
         fg = rows[idx.labels[rows] == cls[k]]  # (3) only the drawn class's rows of its image
         return self._with_background(fg, images, classes)  # (4)
 
@@ -185,7 +184,7 @@ class RepeatFactorSampler(Sampler):
 
     def sample(self) -> Batch:
         images = self.rng.choice(self.index.num_images, size=self.n, replace=True, p=self.prob)
-        rows, _ = _ranges(self.index.image_row_ptr[images], self.index.image_row_ptr[images + 1])
+        rows, _ = self.index.rows_of_images(images)
         return self._with_background(rows[self.index.labels[rows] > 0], images, np.zeros(0, dtype=np.int64))
 
 

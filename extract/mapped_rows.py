@@ -134,7 +134,8 @@ class ShardRowReader:
         with f:
             size = os.fstat(f.fileno()).st_size
             n = self.chunks_per_shard * 16
-            raw = os.pread(f.fileno(), n + 4, max(size - n - 4, 0))
+            data_end = size - n - 4  # the index (and its checksum) follows the chunks
+            raw = os.pread(f.fileno(), n + 4, max(data_end, 0))
             if len(raw) != n + 4 or google_crc32c.value(raw[:n]) != int(np.frombuffer(raw[n:], "<u4")[0]):
                 raise input_error(path, "the shard index is truncated or corrupt (crc32c mismatch)",
                                   "extract the cache again")
@@ -142,10 +143,10 @@ class ShardRowReader:
             empty = (pairs[:, 0] == EMPTY) & (pairs[:, 1] == EMPTY)
             full = pairs[~empty].astype(np.int64)
             if (np.any(full[:, 1] != self.chunk_rows * self.row_bytes) or np.any(full[:, 0] % self.row_bytes)
-                    or np.any(full.sum(1) > size - n - 4)):
+                    or np.any(full.sum(1) > data_end)):
                 raise UnsupportedLayout(f"{path}: an inner chunk is not {self.chunk_rows} plain, row-aligned rows")
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays valid after the file closes
-        rows = np.frombuffer(mapped, dtype=self.dtype, count=((size - n - 4) // self.row_bytes) * self.dim)
+        rows = np.frombuffer(mapped, dtype=self.dtype, count=(data_end // self.row_bytes) * self.dim)
         return np.where(empty, -1, pairs[:, 0].astype(np.int64) // self.row_bytes), rows.reshape(-1, self.dim)
 
     # -- reads
