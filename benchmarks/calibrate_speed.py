@@ -42,11 +42,11 @@ def main() -> None:
     args = p.parse_args()
 
     from simcal.calibrate.online import OnlineSource
-    from simcal.calibrate.reader import FeatureReader
     from simcal.calibrate.samplers import CacheIndex, build_sampler
     from simcal.calibrate.trainer import CalibConfig, DetectorSpec, feature_dtype, train_head
     from simcal.data.annotations import load_annotations
     from simcal.detector.checkpoint import load_checkpoint
+    from simcal.extract.reader import FeatureReader
     from simcal.extract.schema import Cache
 
     steps = 100 if args.quick else args.steps

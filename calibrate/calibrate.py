@@ -1,7 +1,7 @@
 """``simcal calibrate``: one head, the sampler statistics, or a sweep, from one cache load.
 
     simcal calibrate --cache train.zarr --head 3fc_ft --steps 1000 --out head.pth
-    simcal calibrate --cache train.zarr --sample-only --steps 500 --stats sampler.json --out unused.pth
+    simcal calibrate --cache train.zarr --sample-only --steps 500 --stats sampler.json
     simcal calibrate --cache train.zarr --sweep grid.json --eval-cache val.zarr --out sweep/
 """
 
@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
+from simcal.core.names import HEADS, LOSSES, SAMPLERS
 
 
-def _config(args: argparse.Namespace, **override: Any):
+def _config(args: argparse.Namespace, amp: bool, **override: Any):
     from simcal.calibrate.trainer import CalibConfig
 
     try:
@@ -30,13 +31,9 @@ def _config(args: argparse.Namespace, **override: Any):
     cfg = CalibConfig(head=args.head, sampler=args.sampler, loss=args.loss, steps=args.steps, lr=args.lr,
                       lr_steps=lr_steps, classes_per_batch=args.classes_per_batch,
                       images_per_class=args.images_per_class, bg_ratio=args.bg_ratio, batch_rows=args.batch_rows,
-                      seed=args.seed, amp=args.amp)
+                      seed=args.seed, amp=amp)
     for k, v in override.items():
         setattr(cfg, k, v)
-    from simcal.calibrate.heads import HEADS
-    from simcal.calibrate.samplers import SAMPLERS
-    from simcal.detector.losses import LOSSES
-
     for what, value, known in (("head", cfg.head, HEADS), ("sampler", cfg.sampler, SAMPLERS),
                                ("loss", cfg.loss, LOSSES)):
         if value not in known:
@@ -82,38 +79,30 @@ def _open(path: str):
     return cache
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    from simcal.data.cli import write_json_atomic
-
-    write_json_atomic(path, doc, indent=2)
-
-
-def _finished(out: Path, cfg, cache, eval_cache) -> dict[str, Any] | None:
-    """The row of a head a previous sweep already trained with this configuration on this cache, else None."""
+def _identity(cfg, cache, eval_cache) -> dict[str, Any]:
+    """What makes two heads the same: configuration, training cache (or detector), val cache."""
     from simcal.calibrate.trainer import cache_fingerprint, config_dict
 
-    try:
-        old = json.loads(out.with_name(out.name + ".row.json").read_text())
-    except (OSError, ValueError):
-        return None
-    want = config_dict(cfg)
-    if not out.exists() or old.get("cache_fingerprint") != cache_fingerprint(cache.attrs) or any(
-            old.get(k) != v for k, v in want.items()) or (eval_cache is not None and "acc_bin1" not in old):
-        return None
-    return {k: v for k, v in old.items() if k != "cache_fingerprint"}
+    return {"config": config_dict(cfg), "cache_fingerprint": cache_fingerprint(cache.attrs),
+            "eval_cache_fingerprint": None if eval_cache is None else cache_fingerprint(eval_cache.attrs)}
 
 
 def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
-             source=None, reuse: bool = False) -> dict[str, Any]:
+             source=None) -> dict[str, Any]:
+    """Train (or reuse) one head at ``out``; returns its results row."""
     from tqdm import tqdm
 
     from simcal.calibrate.evaluate_cache import proposal_accuracy
     from simcal.calibrate.trainer import head_checkpoint, save_head, train_head
+    from simcal.core.atomic import write_json
+    from simcal.core.manifest import completed, remove_manifest, write_manifest
 
-    previous = _finished(out, cfg, cache, eval_cache) if reuse else None
+    identity = _identity(cfg, cache, eval_cache)
+    previous = completed(out, "calibrate", identity)
     if previous is not None:
         print(f"reusing {out} (same configuration and cache)", file=sys.stderr)
-        return previous
+        return previous["record"]["row"]
+    remove_manifest(out)
     log_path = out.with_name(out.name + ".log.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
@@ -122,24 +111,24 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
                                 source)
     ck = head_checkpoint(head, cfg, cache, info)
     save_head(ck, out)
-    _write_json(out.with_name(out.name + ".config.json"), {**ck["config"], "cache": str(cache.path),
-                                                           "device": str(device)})
     row = {**ck["config"], "head_file": str(out), "steps_per_s": round(info["steps_per_s"], 1)}
     if eval_cache is not None:
         acc = proposal_accuracy(head, eval_cache, eval_reader, device=device)
-        _write_json(out.with_name(out.name + ".eval.json"), {"eval_cache": str(eval_cache.path), **acc})
+        write_json(out.with_name(out.name + ".eval.json"), {"eval_cache": str(eval_cache.path), **acc}, indent=2)
         row.update(acc)
-    _write_json(out.with_name(out.name + ".row.json"), {**row, "cache_fingerprint": ck["cache_fingerprint"]})
+    write_manifest(out, "calibrate", identity, {"row": row, "cache": str(cache.path), "device": str(device)})
     return row
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     """A sweep's rows as a markdown table (accuracies in %, when scored on a val cache)."""
+    from simcal.core.formatting import pct
+
     cols = ["head", "sampler", "loss", "steps", "seed", "steps_per_s"]
     acc = [c for c in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc") if c in rows[0]]
     lines = ["| " + " | ".join(cols + acc) + " |", "|" + "---|" * (len(cols) + len(acc))]
     for r in rows:
-        vals = [str(r[c]) for c in cols] + [f"{100 * r[c]:.1f}" if r[c] >= 0 else "-" for c in acc]
+        vals = [str(r[c]) for c in cols] + [pct(r[c]) for c in acc]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -149,21 +138,24 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     from simcal.calibrate.online import OnlineSource
     from simcal.calibrate.trainer import DetectorSpec
     from simcal.data.annotations import load_annotations
+    from simcal.data.layout import resolve_dataset
     from simcal.detector.checkpoint import check_categories, load_checkpoint
 
-    if not args.checkpoint or not args.data:
-        raise input_error(None, "--source online needs --checkpoint CKPT and --data DIR")
+    if not args.checkpoint:
+        raise input_error(None, "--source online needs --checkpoint CKPT and its training images",
+                          "pass --checkpoint with --data DIR (or --ann FILE --images DIR)")
+    ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
+    if not args.out:
+        raise input_error(None, "--out HEAD.pth is required", "name the head checkpoint to write")
     if args.sweep or args.sample_only or cfg.sampler != "bilevel":
         raise input_error(None, "--source online runs one bi-level calibration; sweeps, --sample-only and "
                           "other samplers work from a cache")
     model, ck = load_checkpoint(args.checkpoint, device)
     model.requires_grad_(False)
-    ann_path = Path(args.data) / "annotations" / "train.json"
     ann = load_annotations(ann_path)
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)
-    source = OnlineSource(model, ann, Path(args.data) / "images" / "train", cfg.seed, cfg.classes_per_batch,
-                          cfg.bg_ratio)
-    spec = DetectorSpec(model, ck, args.checkpoint)
+    source = OnlineSource(model, ann, image_root, cfg.seed, cfg.classes_per_batch, cfg.bg_ratio)
+    spec = DetectorSpec(model, ck, args.checkpoint, ann.fingerprint)
     eval_cache = _open(args.eval_cache) if args.eval_cache else None
     row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source)
     print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)", file=sys.stderr)
@@ -172,69 +164,94 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     return 0
 
 
+def _sweep_configs(args: argparse.Namespace, cfg, amp: bool) -> list:
+    """Every configuration of the grid file (a grid, or a list of grids: their union, in order)."""
+    from simcal.core.jsonio import read_json
+
+    grid = read_json(args.sweep, "a JSON grid such as {\"head\": [\"3fc_ft\", \"2fc_rand\"]}")
+    keys = ("head", "sampler", "loss", "steps", "seed")
+    combos: list[tuple] = []
+    for g in grid if isinstance(grid, list) else [grid]:
+        if not isinstance(g, dict):
+            raise input_error(args.sweep, "must be a JSON object of lists, or a list of such objects")
+        unknown = sorted(set(g) - set(keys))
+        if unknown:
+            raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
+        axes = [list(g[k]) if isinstance(g.get(k), list) else [g.get(k, getattr(cfg, k))] for k in keys]
+        combos += [c for c in itertools.product(*axes) if c not in combos]
+    return [_config(args, amp, **dict(zip(keys, c))) for c in combos]
+
+
+def _run_sweep(args: argparse.Namespace, cfg, amp: bool, cache, device, reader, index, eval_cache,
+               eval_reader) -> int:
+    """One head per configuration of the grid, then results.json and results.md in the folder."""
+    from simcal.core.atomic import write_json, write_text
+
+    if not args.out:
+        raise input_error(None, "--sweep needs --out DIR", "name the folder the heads go to")
+    out = Path(args.out)
+    configs = _sweep_configs(args, cfg, amp)
+    rows = []
+    for n, c in enumerate(configs, 1):
+        name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
+        print(f"[{n}/{len(configs)}] {name}", file=sys.stderr)
+        rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader))
+    write_json(out / "results.json", rows, indent=2)
+    table = results_table(rows)
+    write_text(out / "results.md", table + "\n")
+    print(table)
+    return 0
+
+
+def _run_sample_only(args: argparse.Namespace, cfg, cache, index) -> int:
+    from simcal.core.atomic import write_json
+
+    if not args.stats:
+        raise input_error(None, "--sample-only needs --stats OUT.json")
+    stats = sampler_statistics(cache, index, cfg)
+    write_json(args.stats, stats, indent=2)
+    print(f"wrote {args.stats}: {stats['batches']} batches, {sum(stats['fg_rows'].values())} fg rows, "
+          f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
+    return 0
+
+
+def _eval_cache(args: argparse.Namespace, cache, device):
+    """The val cache and its reader (both None without --eval-cache)."""
+    from simcal.extract.reader import FeatureReader
+
+    if not args.eval_cache:
+        return None, None
+    eval_cache = _open(args.eval_cache)
+    if eval_cache.attrs["detector_fingerprint"] != cache.attrs["detector_fingerprint"]:
+        raise input_error(eval_cache.path, "was extracted with another detector than --cache",
+                          "extract both caches with the same checkpoint")
+    return eval_cache, FeatureReader(eval_cache, args.preload, device)
+
+
 def main(args: argparse.Namespace) -> int:
-    from simcal.calibrate.reader import FeatureReader
-    from simcal.detector.distributed import resolve_device
     from simcal.calibrate.samplers import CacheIndex
     from simcal.calibrate.trainer import feature_dtype
+    from simcal.core.device import resolve_amp, resolve_device
+    from simcal.extract.reader import FeatureReader
 
-    cfg = _config(args)
     device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    cfg = _config(args, amp)
     if args.source == "online":
         return _run_online(args, cfg, device)
     if not args.cache:
         raise input_error(None, "--cache is required (or --source online with --checkpoint and --data)")
     cache = _open(args.cache)
     index = CacheIndex.from_cache(cache)
-    out = Path(args.out)
-
     if args.sample_only:
-        if not args.stats:
-            raise input_error(None, "--sample-only needs --stats OUT.json")
-        stats = sampler_statistics(cache, index, cfg)
-        _write_json(Path(args.stats), stats)
-        print(f"wrote {args.stats}: {stats['batches']} batches, {sum(stats['fg_rows'].values())} fg rows, "
-              f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
-        return 0
-
+        return _run_sample_only(args, cfg, cache, index)
+    if not args.out and not args.sweep:
+        raise input_error(None, "--out HEAD.pth is required", "name the head checkpoint to write")
     reader = FeatureReader(cache, args.preload, device, feature_dtype(cfg.amp))
-    eval_cache = eval_reader = None
-    if args.eval_cache:
-        eval_cache = _open(args.eval_cache)
-        if eval_cache.attrs["detector_fingerprint"] != cache.attrs["detector_fingerprint"]:
-            raise input_error(eval_cache.path, "was extracted with another detector than --cache",
-                              "extract both caches with the same checkpoint")
-        eval_reader = FeatureReader(eval_cache, args.preload, device)
-
+    eval_cache, eval_reader = _eval_cache(args, cache, device)
     if args.sweep:
-        try:
-            grid = json.loads(Path(args.sweep).read_text())
-        except (OSError, ValueError) as e:
-            raise input_error(args.sweep, f"is not a readable JSON grid ({e})")
-        keys = ("head", "sampler", "loss", "steps", "seed")
-        grids = grid if isinstance(grid, list) else [grid]
-        configs = []
-        for g in grids:
-            if not isinstance(g, dict):
-                raise input_error(args.sweep, "must be a JSON object of lists, or a list of such objects")
-            unknown = sorted(set(g) - set(keys))
-            if unknown:
-                raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
-            axes = [list(g[k]) if isinstance(g.get(k), list) else [g.get(k, getattr(cfg, k))] for k in keys]
-            configs += [c for c in itertools.product(*axes) if c not in configs]
-        rows = []
-        for n, combo in enumerate(configs, 1):
-            c = _config(args, **dict(zip(keys, combo)))
-            name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
-            print(f"[{n}/{len(configs)}] {name}", file=sys.stderr)
-            rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader,
-                                 reuse=True))
-        _write_json(out / "results.json", rows)
-        table = results_table(rows)
-        (out / "results.md").write_text(table + "\n")
-        print(table)
-        return 0
-
+        return _run_sweep(args, cfg, amp, cache, device, reader, index, eval_cache, eval_reader)
+    out = Path(args.out)
     row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
     print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "
           f"{row['steps_per_s']} steps/s)", file=sys.stderr)

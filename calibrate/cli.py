@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.cli_args import add_amp_arg, add_dataset_args, add_device_arg, add_seed_arg, describe
+from simcal.core.names import HEADS, LOSSES, PRELOAD, SAMPLERS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -15,30 +18,32 @@ def add_parser(sub) -> None:
         "--bg-ratio x foreground). Plain SGD (lr 0.01, no momentum, x0.1 steps late). "
         "Inputs: --cache CACHE (zarr or .h5 from 'simcal extract'). Outputs: HEAD.pth (weights_only "
         "loadable: head, state_dict, kwargs, cache and detector fingerprints, sampler/loss config, steps), "
-        "HEAD.pth.log.jsonl, HEAD.pth.config.json; with --sample-only --stats OUT.json only the sampler "
-        "statistics; with --sweep GRID.json a folder with one head per configuration and results.md.",
+        "HEAD.pth.log.jsonl, HEAD.pth.manifest.json (written last: configuration, cache, speed, val "
+        "accuracies); with --sample-only --stats OUT.json only the sampler statistics; with --sweep "
+        "GRID.json a folder with one head per configuration and results.md. A head already trained with "
+        "the same configuration on the same cache is reused.",
     )
     p.add_argument("--cache", metavar="CACHE", help="feature cache of the train split (required unless --source online)")
-    p.add_argument("--head", choices=("linear", "2fc_rand", "3fc_rand", "3fc_ft", "2fc_ncm"), default="3fc_ft",
-                   help="head to train (default 3fc_ft: initialised from the detector's fc6/fc7/cls_score)")
-    p.add_argument("--sampler", choices=("bilevel", "random", "class_balanced", "repeat_factor"),
-                   default="bilevel", help="batch sampler (default bilevel)")
-    p.add_argument("--loss", choices=("ce", "reweight", "focal", "margin"), default="ce")
+    p.add_argument("--head", choices=tuple(HEADS), default="3fc_ft",
+                   help="head architecture to train (default 3fc_ft). " + describe(HEADS))
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="bilevel",
+                   help="batch sampler (default bilevel). " + describe(SAMPLERS))
+    p.add_argument("--loss", choices=tuple(LOSSES), default="ce", help="classification loss (default ce). "
+                   + describe(LOSSES))
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--out", required=True, metavar="HEAD.pth | DIR", help="head checkpoint (a folder with --sweep)")
+    p.add_argument("--out", metavar="HEAD.pth | DIR",
+                   help="head checkpoint (a folder with --sweep); not used with --sample-only")
     p.add_argument("--classes-per-batch", type=int, default=16, help="n classes per bi-level batch (default 16)")
     p.add_argument("--images-per-class", type=int, default=1, help="images per drawn class (default 1)")
     p.add_argument("--bg-ratio", type=float, default=1.0, help="background rows per foreground row (default 1)")
     p.add_argument("--batch-rows", type=int, default=256, help="rows per batch of the random sampler (default 256)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast for the head's matmuls (weights and loss stay fp32) and for the online "
-                   "detector forward: 2-3x faster steps on GPUs and AVX512-BF16 CPUs; off by default (fp32, as "
-                   "the released code)")
-    p.add_argument("--preload", choices=("auto", "none", "ram", "gpu"), default="auto",
+    add_seed_arg(p, "the sampler and the head's initialisation")
+    add_device_arg(p)
+    add_amp_arg(p, "off", "the head's matmuls (bfloat16 autocast; weights and loss stay fp32) and the online "
+                "detector forward; off keeps fp32, as the released code")
+    p.add_argument("--preload", choices=tuple(PRELOAD), default="auto",
                    help="none: read each batch's rows from the store (a zarr cache or an h5 export "
                    "through memory maps of its files); ram / gpu: copy them there once; "
                    "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none")
@@ -54,7 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--source", choices=("cache", "online"), default="cache",
                    help="cache (default), or online: a frozen detector forward every step (the reference)")
     p.add_argument("--checkpoint", metavar="CKPT", help="detector checkpoint (for --source online)")
-    p.add_argument("--data", metavar="DIR", help="dataset folder (for --source online)")
+    add_dataset_args(p, "train", "training images for --source online")
 
     def run(args: argparse.Namespace) -> int:
         from simcal.calibrate.calibrate import main

@@ -2,6 +2,7 @@
 
 For every row of the val cache the head predicts a class; foreground rows are
 scored by the bin (by *train* instance count, paper Table 1) of their true class:
+(the bin scheme the cache records, ``lvis`` or ``coco-lt``);
 ``acc_bin1..4`` is the fraction classified correctly, ``fg_acc`` over all
 foreground rows, ``bg_acc`` the fraction of background rows called background.
 """
@@ -19,7 +20,7 @@ from simcal.data.statistics import instance_bin
 @torch.no_grad()
 def proposal_accuracy(head: torch.nn.Module, cache, reader=None, block: int = 8192,
                       device: torch.device | str = "cpu") -> dict[str, Any]:
-    from simcal.calibrate.reader import FeatureReader
+    from simcal.extract.reader import FeatureReader
 
     reader = reader or FeatureReader(cache, "auto", device)
     R = cache.num_rows
@@ -29,7 +30,7 @@ def proposal_accuracy(head: torch.nn.Module, cache, reader=None, block: int = 81
         x, _ = reader.read(np.arange(a, min(a + block, R)))
         preds[a : a + len(x)] = head(x).argmax(1).cpu().numpy()
     labels = reader.labels.numpy()
-    bins = np.array([0] + [instance_bin(c["instance_count"]) for c in cache.attrs["categories"]])
+    bins = np.array([0] + [instance_bin(c["instance_count"], cache.bins) for c in cache.attrs["categories"]])
     out: dict[str, Any] = {}
     fg = labels > 0
     out["fg_acc"] = float((preds[fg] == labels[fg]).mean()) if fg.any() else -1.0

@@ -1,4 +1,4 @@
-"""Calibration heads over the cached tap (paper Fig. 4b, DESIGN.md §3).
+"""Calibration heads over the cached tap (paper Fig. 4b, docs/design.md §5).
 
 Input: ``(B, D)`` flattened RoIAlign features (D = 12544 for R50-FPN, 3136 for tiny);
 output: ``(B, C+1)`` logits, index 0 = background. ``h`` is the detector's box-head
@@ -23,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("linear", "2fc_rand", "3fc_rand", "3fc_ft", "2fc_ncm")
+from simcal.core.names import HEADS, HEADS_FROM_DETECTOR
+
+#: name -> (head class, hidden layers)
+_LAYERS = {"linear": 0, "2fc_rand": 1, "3fc_rand": 2, "3fc_ft": 2}
 
 
 class MLPHead(nn.Module):
@@ -74,24 +77,27 @@ class NCMHead(nn.Module):
         return self.scale * F.normalize(self.represent(x), dim=1) @ means.t()
 
 
-def build_head(name: str, dim: int, num_classes: int, hidden: int,
-               detector_head: Mapping[str, np.ndarray] | None = None) -> nn.Module:
-    """A head by name; ``3fc_ft`` and ``2fc_ncm`` need ``detector_head`` (the cache's detector_head/ group)."""
-    if name == "linear":
-        return MLPHead(dim, num_classes, hidden, 0)
-    if name == "2fc_rand":
-        return MLPHead(dim, num_classes, hidden, 1)
-    if name == "3fc_rand":
-        return MLPHead(dim, num_classes, hidden, 2)
-    if name in ("3fc_ft", "2fc_ncm"):
-        if detector_head is None:
-            raise ValueError(f"head {name!r} needs the detector's fc6/fc7/cls_score weights")
-        head = MLPHead(dim, num_classes, hidden, 2) if name == "3fc_ft" else NCMHead(dim, num_classes, hidden)
-        names = ("fc6", "fc7", "cls_score") if name == "3fc_ft" else ("fc6", "fc7")
-        with torch.no_grad():
-            for layer in names:
-                mod = getattr(head, layer)
-                mod.weight.copy_(torch.from_numpy(np.asarray(detector_head[f"{layer}.weight"])))
-                mod.bias.copy_(torch.from_numpy(np.asarray(detector_head[f"{layer}.bias"])))
-        return head
+def build_head(name: str, dim: int, num_classes: int, hidden: int) -> nn.Module:
+    """A freshly initialised head by name: ``(B, dim)`` features -> ``(B, C+1)`` logits.
+
+    ``3fc_ft`` and ``2fc_ncm`` start from the detector only after :func:`init_from_detector`;
+    a head loaded from a checkpoint takes its weights from there instead.
+    """
+    if name == "2fc_ncm":
+        return NCMHead(dim, num_classes, hidden)
+    if name in _LAYERS:
+        return MLPHead(dim, num_classes, hidden, _LAYERS[name])
     raise ValueError(f"unknown head {name!r}; choose from {', '.join(HEADS)}")
+
+
+def init_from_detector(head: nn.Module, name: str, detector_head: Mapping[str, np.ndarray]) -> nn.Module:
+    """Copy the detector's fc6, fc7 (and, for ``3fc_ft``, cls_score) into ``head``; other heads are left as built."""
+    if name not in HEADS_FROM_DETECTOR:
+        return head
+    layers = ("fc6", "fc7", "cls_score") if name == "3fc_ft" else ("fc6", "fc7")
+    with torch.no_grad():
+        for layer in layers:
+            mod = getattr(head, layer)
+            mod.weight.copy_(torch.from_numpy(np.asarray(detector_head[f"{layer}.weight"])))
+            mod.bias.copy_(torch.from_numpy(np.asarray(detector_head[f"{layer}.bias"])))
+    return head

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simcal.calibrate.samplers import subsample
 from simcal.data.annotations import Annotations
 from simcal.data.detection_dataset import DetectionDataset
 
@@ -72,8 +73,7 @@ class OnlineSource:
         n_fg = sum(len(y) for y in ys)
         # background of the whole batch, subsampled to bg_ratio x foreground
         counts = np.array([len(b) for _, b in bg_rois])
-        keep = int(min(counts.sum(), round(self.bg_ratio * n_fg)))
-        chosen = self.rng.choice(int(counts.sum()), size=keep, replace=False) if keep else np.zeros(0, int)
+        chosen = subsample(int(counts.sum()), int(round(self.bg_ratio * n_fg)), self.rng)
         owner = np.repeat(np.arange(len(bg_rois)), counts)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         for k, b in bg_rois:

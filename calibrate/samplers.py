@@ -4,7 +4,7 @@ Every sampler returns the cache rows of one batch, ascending (so reading them is
 a few contiguous reads), and which of them are foreground. Inputs are the
 in-memory index of :class:`CacheIndex` (labels and CSR pointers, never features).
 
-- ``bilevel`` (SimCal, paper §4.2, DESIGN.md §5): (1) draw n classes uniformly **with
+- ``bilevel`` (SimCal, paper §4.2, docs/design.md §5): (1) draw n classes uniformly **with
   replacement** among the classes that have foreground rows; (2) for each, one image
   uniformly among the images holding that class; (3) keep that image's foreground
   rows **of the drawn class only**; (4) pool the background rows of the batch's
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLERS = ("bilevel", "random", "class_balanced", "repeat_factor")
+from simcal.core.names import SAMPLERS
+from simcal.data.statistics import repeat_factors
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +86,14 @@ class Batch:
     num_fg: int
 
 
-def _subsample(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    if len(rows) <= k:
-        return rows
-    return rows[rng.choice(len(rows), size=k, replace=False)]
+def subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of at most ``k`` of ``n`` items, without replacement: all of them (no draw) when ``n <= k``.
+
+    The background subsampling of the bi-level sampler (step 4) and of the online source.
+    """
+    if n <= k:
+        return np.arange(n)
+    return rng.choice(n, size=k, replace=False)
 
 
 class Sampler:
@@ -122,7 +127,7 @@ class Sampler:
         fg = np.unique(fg)
         rows, _ = self.index.rows_of_images(np.unique(images))
         bg = rows[self.index.labels[rows] == 0]
-        bg = _subsample(bg, int(round(self.bg_ratio * len(fg))), self.rng)
+        bg = bg[subsample(len(bg), int(round(self.bg_ratio * len(fg))), self.rng)]
         rows = np.unique(np.concatenate([fg, bg]).astype(np.int64))
         return Batch(rows, drawn, np.unique(images), int(len(fg)))
 
@@ -173,13 +178,8 @@ class RepeatFactorSampler(Sampler):
 
     def __init__(self, index: CacheIndex, t: float = 0.001, **kw) -> None:
         super().__init__(index, **kw)
-        I = index.num_images
-        # f_c = fraction of images holding class c; r_c = max(1, sqrt(t / f_c)); r_i = max over its classes
-        r_img = np.ones(I)
-        for c in self.present:
-            imgs = index.images_of_class(int(c))
-            r_c = max(1.0, float(np.sqrt(t / (len(imgs) / I))))
-            np.maximum.at(r_img, imgs, r_c)
+        images, owner = _ranges(index.class_image_ptr[self.present], index.class_image_ptr[self.present + 1])
+        r_img = repeat_factors(index.class_images[images], self.present[owner], index.num_images, t)
         self.prob = r_img / r_img.sum()
 
     def sample(self) -> Batch:

@@ -1,6 +1,6 @@
 """The head trainer: retrain a classification head on sampler batches read from the cache.
 
-Released-code optimisation (DESIGN.md §5): plain SGD, lr 0.01, no momentum, no
+Released-code optimisation (docs/design.md §5): plain SGD, lr 0.01, no momentum, no
 weight decay, lr x0.1 and x0.01 late in training; cross-entropy over C+1 classes
 (paper Eq. 1) or one of the shared long-tail losses. Store reads run in a background
 thread where a core is free for it (``FeatureReader.prefetch``); the same seed gives the
@@ -71,17 +71,17 @@ def train_head(
     ``cache`` may be a :class:`DetectorSpec` with an online ``source`` (``source.sample() -> (x, y)``)
     instead of cache batches.
     """
-    from simcal.calibrate.heads import build_head
-    from simcal.calibrate.reader import FeatureReader, prefetch
+    from simcal.calibrate.heads import build_head, init_from_detector
     from simcal.calibrate.samplers import CacheIndex, build_sampler
     from simcal.detector.losses import build_classification_loss
+    from simcal.extract.reader import FeatureReader, prefetch
 
     device = torch.device(device)
     det = cache.detector_head()
     num_classes = len(cache.attrs["categories"])
     hidden = int(det["fc6.weight"].shape[0])
     torch.manual_seed(cfg.seed)
-    head = build_head(cfg.head, cache.dim, num_classes, hidden, det).to(device)
+    head = init_from_detector(build_head(cfg.head, cache.dim, num_classes, hidden), cfg.head, det).to(device)
     if source is None:
         reader = reader or FeatureReader(cache, "auto", device, feature_dtype(cfg.amp))
         index = index or CacheIndex.from_cache(cache)
@@ -158,12 +158,13 @@ def train_head(
 class DetectorSpec:
     """What a head needs to know about its detector when there is no cache (the online source)."""
 
-    def __init__(self, model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
+    def __init__(self, model: torch.nn.Module, ckpt: dict[str, Any], path: str, annotation_fingerprint: str) -> None:
         from simcal.detector.checkpoint import classifier_weights
 
         self.dim = int(model.roi_heads.box_head.fc6.in_features)
         self.path = Path(path)
         self.attrs = {"categories": ckpt["category_stats"], "detector_fingerprint": ckpt["detector_fingerprint"],
+                      "annotation_fingerprint": annotation_fingerprint, "params": {"source": "online"},
                       "source": "online"}
         self._head = classifier_weights(model)
 
@@ -198,23 +199,22 @@ def save_head(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
 def load_head(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a calibrated head (weights_only); one-sentence InputError for foreign or corrupt files."""
     from simcal.calibrate.heads import build_head
-    from simcal.data.errors import input_error
+    from simcal.core.errors import input_error
 
     path = Path(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and containers only
     except FileNotFoundError:
         raise input_error(path, "does not exist", "pass a head written by 'simcal calibrate'")
     except Exception as e:
         raise input_error(path, f"is not a readable head checkpoint ({type(e).__name__})")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise input_error(path, "is not a SimCal head checkpoint", "pass a head written by 'simcal calibrate'")
-    kw = ck["head_kwargs"]
-    # 3fc_ft / 2fc_ncm weights come from the state_dict; the init tensors only need the right shapes
-    shapes = {"fc6.weight": (kw["hidden"], kw["dim"]), "fc6.bias": (kw["hidden"],),
-              "fc7.weight": (kw["hidden"], kw["hidden"]), "fc7.bias": (kw["hidden"],),
-              "cls_score.weight": (kw["num_classes"] + 1, kw["hidden"]), "cls_score.bias": (kw["num_classes"] + 1,)}
-    head = build_head(ck["head"], kw["dim"], kw["num_classes"], kw["hidden"],
-                      {k: np.zeros(s, np.float32) for k, s in shapes.items()})
-    head.load_state_dict(ck["state_dict"])
+    try:
+        kw = ck["head_kwargs"]
+        head = build_head(ck["head"], kw["dim"], kw["num_classes"], kw["hidden"])
+        head.load_state_dict(ck["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise input_error(path, f"is a damaged head checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
+                          "calibrate the head again")
     return head.eval(), ck

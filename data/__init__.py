@@ -4,9 +4,9 @@ Everything here is importable without torch; :mod:`simcal.data.detection_dataset
 is the only module that needs it.
 """
 
+from simcal.core.errors import InputError
 from simcal.data.annotations import Annotations, load_annotations
 from simcal.data.categories import CategoryMapping
-from simcal.data.errors import InputError
 from simcal.data.statistics import BIN_EDGES, category_statistics, frequency_of, instance_bin
 
 __all__ = [

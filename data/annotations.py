@@ -1,7 +1,7 @@
 """Load and validate LVIS (v0.5, v1) and COCO instance annotation files.
 
 A file is checked once, on load, so that later stages can trust it: every
-problem a user can fix becomes one :class:`~simcal.data.errors.InputError`
+problem a user can fix becomes one :class:`~simcal.core.errors.InputError`
 sentence naming the file, the offending record and the fix.
 
 Formats accepted:
@@ -16,15 +16,15 @@ Formats accepted:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simcal.core.errors import InputError, input_error
+from simcal.core.jsonio import parse_json, read_bytes
 from simcal.data.categories import CategoryMapping
-from simcal.data.errors import InputError, input_error
 
 _TOP_KEYS = ("images", "annotations", "categories")
 _FIX_ANN = "fix the annotation file (LVIS/COCO instance format)"
@@ -99,23 +99,22 @@ def _safe_file_name(path: Path, img: dict[str, Any]) -> str:
     return posixpath.normpath(unix)
 
 
+def valid_polygons(seg: Any) -> bool:
+    """A non-empty list of polygons, each an even number >= 6 of finite coordinates."""
+    return isinstance(seg, list) and bool(seg) and all(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_number(v) for v in p) for p in seg)
+
+
 def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any]) -> None:
     seg = ann["segmentation"]
     aid = ann["id"]
     if isinstance(seg, list):
         if not seg:
             raise input_error(path, f"annotation {aid} has an empty polygon list", _FIX_ANN)
-        for poly in seg:
-            if (
-                not isinstance(poly, list)
-                or len(poly) < 6
-                or len(poly) % 2
-                or not all(_is_number(v) for v in poly)
-            ):
-                raise input_error(
-                    path, f"annotation {aid} has a bad polygon (need an even number >= 6 of finite coordinates)",
-                    _FIX_ANN,
-                )
+        if not valid_polygons(seg):
+            raise input_error(
+                path, f"annotation {aid} has a bad polygon (need an even number >= 6 of finite coordinates)", _FIX_ANN
+            )
         return
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -161,11 +160,7 @@ def _require(path: Path, rec: dict[str, Any], keys: tuple[str, ...], what: str) 
 def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
     """Validate the bytes of an annotation file; ``path`` only names it in messages."""
     path = Path(path)
-    try:
-        d = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise input_error(path, f"is not valid JSON{where} (truncated or corrupt?)", "re-download or regenerate it")
+    d = parse_json(raw, path, "an LVIS/COCO annotation file", "re-download or regenerate it")
     if not isinstance(d, dict):
         raise input_error(path, "top level is not a JSON object", _FIX_ANN)
     for k in _TOP_KEYS:
@@ -238,15 +233,7 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
 
 def load_annotations(path: str | os.PathLike) -> Annotations:
     """Read and validate an annotation file; raises :class:`InputError` on any problem."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise input_error(path, "does not exist", "check the path")
-    except IsADirectoryError:
-        raise input_error(path, "is a directory, not an annotation json file", "pass the json file")
-    except OSError as e:
-        raise input_error(path, f"cannot be read ({e.strerror})")
+    raw = read_bytes(path, "an annotation json file")
     return parse_annotations(raw, path)
 
 

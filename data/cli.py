@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
+
+from simcal.core.names import BIN_EDGES
 
 
 def add_parser(sub) -> None:
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
         "Prints markdown tables, or JSON with --json.",
     )
     s.add_argument("--ann", required=True, metavar="FILE", help="LVIS v0.5/v1 or COCO instance json")
-    s.add_argument("--bins", choices=("lvis", "coco-lt"), default="lvis", help="instance bin edges (default lvis)")
+    s.add_argument("--bins", choices=tuple(BIN_EDGES), default="lvis", help="instance bin edges (default lvis)")
     s.add_argument("--json", action="store_true", help="print the statistics as one JSON document")
     s.add_argument("--plot", metavar="OUT.png", help="also write sorted per-class counts on a log axis")
     s.set_defaults(func=run_stats)
@@ -65,16 +65,6 @@ def add_parser(sub) -> None:
     c.add_argument("--n-high", type=float, default=7900, help="target of the first decayed class (default 7900)")
     c.add_argument("--n-low", type=float, default=15, help="target of the rarest class (default 15)")
     c.set_defaults(func=run_coco_lt)
-
-
-def write_json_atomic(path: str | os.PathLike, doc, **kw) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, **kw)
-    os.replace(tmp, path)
-    return path
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -115,13 +105,14 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_coco_lt(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from simcal.core.atomic import write_json
     from simcal.data.annotations import load_annotations
     from simcal.data.coco_lt import sample_coco_lt
     from simcal.data.statistics import instance_bin
 
     ann = load_annotations(args.coco)
     doc, report = sample_coco_lt(ann, args.seed, args.keep_head, args.n_high, args.n_low)
-    write_json_atomic(args.out, doc, separators=(",", ":"))
+    write_json(args.out, doc, separators=(",", ":"))
     bins = Counter(instance_bin(c["sampled"], "coco-lt") for c in report["categories"])
     print(f"wrote {args.out}: {report['num_images']} images, {report['num_instances']} instances, "
           f"{len(report['categories'])} classes; COCO-LT bins <20/20-400/400-8000/>=8000: "

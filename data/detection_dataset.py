@@ -22,8 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from simcal.core.errors import input_error
 from simcal.data.annotations import Annotations
-from simcal.data.errors import input_error
+
+
+def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, 4) xyxy boxes of an image ``width`` pixels wide -> the same boxes after a horizontal flip."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 def decode_masks(anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
@@ -134,7 +139,7 @@ class DetectionDataset(Dataset):
             flipped = bool(torch.rand((), generator=g) < self.flip_prob)
         if flipped:
             image = image.flip(-1)
-            boxes = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], dim=1)
+            boxes = flip_boxes(boxes, W)
             if masks is not None:
                 masks = masks.flip(-1)
         if self.min_size is not None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 
 
 def resolve_dataset(data: str | os.PathLike | None, split: str, ann: str | os.PathLike | None,
-                    images: str | os.PathLike | None, flag: str = "--ann", what: str = "images") -> tuple[Path, Path]:
-    """(annotation file, image root); ``flag`` names the annotation option in messages."""
+                    images: str | os.PathLike | None, what: str = "images") -> tuple[Path, Path]:
+    """(annotation file, image root) from the flags of :func:`simcal.core.cli_args.add_dataset_args`."""
+    flag = "--ann"
     if data and ann:
         raise input_error(None, f"pass either --data (with --split) or {flag} with --images, not both")
     if data:

@@ -39,10 +39,9 @@ def plot_instance_distribution(summary: dict[str, Any], out: str | os.PathLike) 
                for b, col in colours.items()]
     ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    from simcal.core.atomic import save_png
+
+    try:
+        return save_png(out, fig)
+    finally:
+        plt.close(fig)

@@ -14,13 +14,10 @@ import bisect
 from collections import Counter
 from typing import Any
 
-from simcal.data.annotations import Annotations
+import numpy as np
 
-#: Lower edges of bins 2, 3, 4 (a class with N >= edge[k] is in bin k + 2).
-BIN_EDGES: dict[str, tuple[int, int, int]] = {
-    "lvis": (10, 100, 1000),
-    "coco-lt": (20, 400, 8000),
-}
+from simcal.core.names import BIN_EDGES  # lower edges of bins 2, 3, 4 per scheme
+from simcal.data.annotations import Annotations
 
 FREQUENCIES = ("r", "c", "f")
 
@@ -47,6 +44,25 @@ def bin_labels(bins: str = "lvis") -> dict[int, str]:
     """Human-readable ranges, e.g. ``{1: "<10", 2: "10-100", 3: "100-1000", 4: ">=1000"}``."""
     a, b, c = BIN_EDGES[bins]
     return {1: f"<{a}", 2: f"{a}-{b}", 3: f"{b}-{c}", 4: f">={c}"}
+
+
+def repeat_factors(pair_images: np.ndarray, pair_classes: np.ndarray, num_images: int,
+                   t: float = 0.001) -> np.ndarray:
+    """LVIS repeat factors (Gupta et al. 2019), one per image, from its (image, class) pairs.
+
+    ``pair_images[k]`` holds ``pair_classes[k]`` (duplicate pairs count once):
+
+    1. f_c = fraction of the ``num_images`` images that contain class c;
+    2. r_c = max(1, sqrt(t / f_c));
+    3. r_i = max over the classes c in image i of r_c (1 for an image with none).
+    """
+    pairs = np.unique(np.stack([np.asarray(pair_images, np.int64), np.asarray(pair_classes, np.int64)], 1), axis=0)
+    r_img = np.ones(num_images, dtype=np.float64)
+    if len(pairs):
+        classes, inverse, images_per_class = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+        r_class = np.maximum(1.0, np.sqrt(t / (images_per_class / num_images)))  # (1), (2)
+        np.maximum.at(r_img, pairs[:, 0], r_class[inverse.reshape(-1)])  # (3)
+    return r_img
 
 
 def category_statistics(ann: Annotations, bins: str = "lvis") -> list[dict[str, Any]]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 from simcal.data.statistics import frequency_of
 
 GENERATOR_VERSION = 1
@@ -59,7 +58,7 @@ class SynthConfig:
 
 
 PRESETS: dict[str, SynthConfig] = {
-    # DESIGN.md §8.1: 42 classes, bin 1 with 1-4 instances (the symptom needs it), 128-px images.
+    # docs/design.md §8.1: 42 classes, bin 1 with 1-4 instances (the symptom needs it), 128-px images.
     "default": SynthConfig(6, 7, 128, (3, 6), (12, 40), ((1, 4), (10, 99), (100, 999), (2000, 3000)), 50),
     # Seconds to make, for tests: 12 classes, every bin present, 64-px images.
     "quick": SynthConfig(4, 3, 64, (2, 4), (8, 22), ((1, 3), (10, 30), (100, 140), (1000, 1040)), 15),
@@ -263,17 +262,9 @@ def _info(preset: str, seed: int, split: str, cfg: SynthConfig) -> dict[str, Any
         "seed": seed,
         "split": split,
         "config": asdict(cfg),
-        # The benchmark's evaluation cap (DESIGN.md §8.1): fixed by formula, never tuned.
+        # The benchmark's evaluation cap (docs/design.md §8.1): fixed by formula, never tuned.
         "max_dets_per_image": max_dets_for(cfg.num_classes),
     }
-
-
-def _existing_info(out: Path) -> dict[str, Any] | None:
-    try:
-        with open(out / "annotations" / "val.json", "rb") as f:
-            return json.load(f).get("info")
-    except (OSError, ValueError):
-        return None
 
 
 def synthesize(
@@ -282,28 +273,38 @@ def synthesize(
     """Write ``out/annotations/{train,val}.json`` and ``out/images/{train,val}/*.png``.
 
     Built in a temporary sibling folder and renamed into place, so ``out`` is
-    either complete or absent. Returns ``(out, created)``; an existing benchmark
-    with the same preset and seed is reused (``created`` False); anything else
-    at ``out`` is refused unless ``overwrite``.
+    either complete or absent; ``OUT.manifest.json`` records what it was made from.
+    Returns ``(out, created)``; an existing benchmark with the same preset and seed
+    is reused (``created`` False); anything else at ``out`` is refused unless ``overwrite``.
     """
+    from simcal.core.atomic import atomic_target, write_text
+    from simcal.core.manifest import completed, read_manifest, remove_manifest, write_manifest
+
     out = Path(out)
     if preset not in PRESETS:
         raise input_error(None, f"unknown preset {preset!r}", f"choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
+    identity = {"preset": preset, "seed": seed, "generator_version": GENERATOR_VERSION}
     if out.exists() and not overwrite:
-        info = _existing_info(out)
-        if info and info.get("generator") == "simcal.data.synthetic":
-            if (info.get("preset"), info.get("seed"), info.get("generator_version")) == (preset, seed, GENERATOR_VERSION):
-                return out, False
+        if completed(out, "data synth", identity):
+            return out, False
+        other = read_manifest(out)
+        if other is not None and other.get("command") == "data synth":
             raise input_error(
-                out, f"holds a synthetic benchmark with preset {info.get('preset')!r} seed {info.get('seed')}",
-                "pass --overwrite to replace it or choose another --out",
+                out, f"holds a synthetic benchmark with preset {other['identity'].get('preset')!r} seed "
+                f"{other['identity'].get('seed')}", "pass --overwrite to replace it or choose another --out",
             )
         if out.is_file() or any(out.iterdir()):
-            raise input_error(out, "exists and is not a synthetic benchmark", "choose an empty or new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+            raise input_error(out, "exists and is not a finished synthetic benchmark", "choose an empty or new --out")
+    remove_manifest(out)
+    with atomic_target(out) as tmp:
+        _write_benchmark(tmp, cfg, preset, seed, show_progress, write_text)
+    write_manifest(out, "data synth", identity)
+    return out, True
+
+
+def _write_benchmark(tmp: Path, cfg: SynthConfig, preset: str, seed: int, show_progress: bool, write_text) -> None:
+    """Render both splits into the folder ``tmp``."""
     (tmp / "annotations").mkdir(parents=True)
 
     classes = class_table(cfg, np.random.default_rng([seed, 0]))
@@ -335,14 +336,7 @@ def synthesize(
                 "categories": categories,
                 "licenses": [],
             }
-            (tmp / "annotations" / f"{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_text(tmp / "annotations" / f"{split}.json", json.dumps(doc, separators=(",", ":")))
     finally:
         if bar:
             bar.close()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out, True

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from simcal.core.errors import input_error
 from simcal.data.categories import CategoryMapping
-from simcal.data.errors import input_error
 
 FORMAT = "simcal.detector/1"
 _REQUIRED = ("format", "arch", "builder_kwargs", "state_dict", "categories", "detector_fingerprint")
@@ -79,12 +79,10 @@ def classifier_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    """Written atomically: a checkpoint is whole or absent."""
+    from simcal.core.atomic import save_torch
+
+    return save_torch(path, ckpt)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

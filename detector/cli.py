@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.cli_args import add_amp_arg, add_dataset_args, add_device_arg, add_seed_arg, describe
+from simcal.core.names import ARCHS, IMAGE_SAMPLERS, LOSSES
+
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = p.add_argument_group("data (one of --data, or --train-ann with --images)")
-    d.add_argument("--data", metavar="DIR", help="a folder written by 'simcal data synth' (uses its train split)")
-    d.add_argument("--train-ann", metavar="FILE", help="LVIS/COCO train annotation json")
-    d.add_argument("--images", metavar="DIR", help="image root for --train-ann")
+    add_dataset_args(p, "train", "training data")
 
     m = p.add_argument_group("model")
-    m.add_argument("--arch", choices=("tiny", "r50_fpn"), default="tiny",
-                   help="tiny: CPU-sized, for the synthetic benchmark; r50_fpn: the paper's Mask R-CNN")
+    m.add_argument("--arch", choices=tuple(ARCHS), default="tiny", help="(default tiny) " + describe(ARCHS))
     m.add_argument("--class-agnostic", action="store_true",
                    help="one box regressor and one mask channel for all classes (the paper's r50-ag)")
     m.add_argument("--backbone-weights", metavar="FILE",
@@ -32,11 +31,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     o.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability (default 0.5)")
 
     lt = p.add_argument_group("long-tail strategies (paper Table 2)")
-    lt.add_argument("--sampler", choices=("uniform", "repeat-factor"), default="uniform",
-                    help="image sampling: uniform, or LVIS repeat-factor sampling (IS)")
+    lt.add_argument("--sampler", choices=tuple(IMAGE_SAMPLERS), default="uniform",
+                    help="image sampling (default uniform). " + describe(IMAGE_SAMPLERS))
     lt.add_argument("--rfs-t", type=float, default=0.001, help="repeat-factor threshold t (default 0.001)")
-    lt.add_argument("--cls-loss", choices=("ce", "reweight", "focal", "margin"), default="ce",
-                    help="second-stage classification loss: ce, reweight (LR), focal (FL), margin (CM)")
+    lt.add_argument("--cls-loss", choices=tuple(LOSSES), default="ce",
+                    help="second-stage classification loss (default ce). " + describe(LOSSES))
     lt.add_argument("--focal-gamma", type=float, default=2.0)
     lt.add_argument("--reweight-n", type=float, default=None,
                     help="N in w_j = N / N_j (default: median class instance count)")
@@ -45,7 +44,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, metavar="CKPT", help="final checkpoint path (e.g. runs/tiny.pth)")
-    r.add_argument("--seed", type=int, default=0)
+    add_seed_arg(r, "initialisation, image order and flips")
     r.add_argument("--resume", action="store_true", help="continue from CKPT.resume.pth after an interruption")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     r.add_argument("--checkpoint-every", type=int, default=250, help="iterations between resume points")
@@ -53,8 +52,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None,
                    help="data-loading processes per rank (default: 0 on CPU, where they compete with the "
                    "compute threads for the cores; 4 on CUDA)")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on CUDA)")
+    add_device_arg(r)
+    add_amp_arg(r, "auto", "the detector's forward and backward (CUDA only)")
     return p
 
 
@@ -63,9 +62,10 @@ def add_parser(sub) -> None:
         "train",
         help="train a baseline Mask R-CNN (tiny or r50_fpn)",
         description="Train a torchvision Mask R-CNN on LVIS/COCO-format data. Inputs: --data DIR (from "
-        "'simcal data synth') or --train-ann FILE --images DIR. Outputs: CKPT (self-describing: arch, "
+        "'simcal data synth') or --ann FILE --images DIR. Outputs: CKPT (self-describing: arch, "
         "weights, category mapping and statistics, annotation fingerprint, these arguments), "
-        "CKPT.resume.pth while running, CKPT.log.jsonl (losses, lr, speed) and CKPT.config.json. "
+        "CKPT.resume.pth while running, CKPT.log.jsonl (losses, lr, speed), CKPT.config.json and "
+        "CKPT.manifest.json (written last: the data and training arguments it was made from). "
         "Data-parallel: 'torchrun --nproc_per_node N -m simcal train ...' (gloo on CPU, nccl on GPU).",
     )
     add_train_arguments(p)

@@ -23,17 +23,6 @@ def init_distributed(timeout_minutes: int = 120) -> tuple[int, int, int]:
     return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``--device auto|cpu|cuda`` -> this rank's device; asking for CUDA where there is none is an input error."""
-    from simcal.data.errors import input_error
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise input_error(None, "--device cuda was asked for but no CUDA device is available")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device("cpu")
-
-
 def finish_distributed() -> None:
     """Wait for every rank, then tear the process group down (no-op without torchrun)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

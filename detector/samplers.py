@@ -9,28 +9,21 @@ rank's stream, so a resumed run sees exactly the images it would have seen.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
 def repeat_factors(image_categories: Sequence[Sequence[int]], t: float = 0.001) -> torch.Tensor:
-    """LVIS repeat factors (Gupta et al. 2019), one per image.
+    """LVIS repeat factors, one per image, from each image's category ids
+    (:func:`simcal.data.statistics.repeat_factors`)."""
+    from simcal.data.statistics import repeat_factors as factors
 
-    1. f_c = fraction of training images that contain category c;
-    2. r_c = max(1, sqrt(t / f_c));
-    3. r_i = max over the categories c in image i of r_c (1 for an image with none).
-    """
-    num_images = len(image_categories)
-    img_count: dict[int, int] = {}
-    for cats in image_categories:
-        for c in set(cats):
-            img_count[c] = img_count.get(c, 0) + 1
-    r_cat = {c: max(1.0, math.sqrt(t / (n / num_images))) for c, n in img_count.items()}
-    return torch.tensor([max((r_cat[c] for c in set(cats)), default=1.0) for cats in image_categories],
-                        dtype=torch.float64)
+    images = [i for i, cats in enumerate(image_categories) for _ in cats]
+    classes = [c for cats in image_categories for c in cats]
+    return torch.from_numpy(factors(np.array(images, np.int64), np.array(classes, np.int64), len(image_categories), t))
 
 
 class TrainingSampler(Sampler[int]):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -42,6 +42,16 @@ def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
+#: The arguments that change the weights a run ends with (its identity in CKPT.manifest.json).
+TRAINING_ARGS = ("arch", "class_agnostic", "backbone_weights", "iters", "batch_size", "lr", "momentum", "weight_decay",
+                 "warmup", "lr_steps", "clip_grad", "flip", "sampler", "rfs_t", "cls_loss", "focal_gamma",
+                 "reweight_n", "margin_k", "seed")
+
+
+def _identity(args: argparse.Namespace, annotation_fingerprint: str) -> dict[str, Any]:
+    return {"annotation_fingerprint": annotation_fingerprint, "args": {k: getattr(args, k) for k in TRAINING_ARGS}}
+
+
 def _builder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"class_agnostic": bool(args.class_agnostic)}
     return kw
@@ -52,13 +62,16 @@ def main(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from simcal.core.atomic import write_json
+    from simcal.core.device import resolve_amp, resolve_device
+    from simcal.core.manifest import completed, remove_manifest, write_manifest
     from simcal.data.annotations import load_annotations
     from simcal.data.detection_dataset import DetectionDataset, collate
+    from simcal.data.layout import resolve_dataset
     from simcal.data.statistics import category_statistics
     from simcal.detector.builders import build
     from simcal.detector.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
-    from simcal.data.layout import resolve_dataset
-    from simcal.detector.distributed import finish_distributed, init_distributed, resolve_device
+    from simcal.detector.distributed import finish_distributed, init_distributed
     from simcal.detector.losses import build_classification_loss
     from simcal.detector.samplers import TrainingSampler, repeat_factors
 
@@ -73,24 +86,25 @@ def main(args: argparse.Namespace) -> int:
     use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
-    amp = use_cuda if args.amp == "auto" else args.amp == "on"
+    amp = resolve_amp(args.amp, device)
     if amp and not use_cuda:
         raise input_error(None, "--amp on needs CUDA; use --amp off or auto on CPU")
 
     out = Path(args.out)
     resume_path = out.with_name(out.name + ".resume.pth")
     log_path = out.with_name(out.name + ".log.jsonl")
-    ann_path, image_root = resolve_dataset(args.data, "train", args.train_ann, args.images, "--train-ann",
-                                           "training data")
+    ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images, what="training data")
     ann = load_annotations(ann_path)
+    identity = _identity(args, ann.fingerprint)
     if out.exists() and not args.overwrite:
-        if args.resume:
-            done = read_checkpoint(out)
-            if done.get("annotation_fingerprint") == ann.fingerprint and done.get("iteration") == args.iters:
-                if rank == 0:
-                    print(f"{out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
-                return 0
+        if args.resume and completed(out, "train", identity):
+            if rank == 0:
+                print(f"{out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
+            finish_distributed()
+            return 0
         raise input_error(out, "already exists", "pass --overwrite to replace it, or choose another --out")
+    if rank == 0:
+        remove_manifest(out)
 
     dataset = DetectionDataset(ann, image_root, flip_prob=args.flip, seed=args.seed)
     dataset.check_files()  # every rank: a bad input must stop all of them, not leave some at a barrier
@@ -130,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     per_rank = args.batch_size // world
     workers = args.workers if args.workers is not None else (4 if use_cuda else 0)
     factors = None
-    if args.sampler == "repeat-factor":
+    if args.sampler == "repeat_factor":
         cats = [[a["category_id"] for a in ann.annotations_of(img["id"])] for img in ann.images]
         factors = repeat_factors(cats, args.rfs_t)
     sampler = TrainingSampler(len(dataset), args.seed, rank, world, factors, start=start_iter * per_rank)
@@ -147,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
                "annotations": str(ann_path), "annotation_fingerprint": ann.fingerprint,
                "cls_loss_config": getattr(model.roi_heads.cls_loss, "config", lambda: {"name": "ce"})(),
                "repeat_factor_images": None if factors is None else float(factors.sum())}
-        out.with_name(out.name + ".config.json").write_text(json.dumps(cfg, indent=2))
+        write_json(out.with_name(out.name + ".config.json"), cfg, indent=2)
         if start_iter == 0 and log_path.exists():
             log_path.unlink()
 
@@ -206,6 +220,8 @@ def main(args: argparse.Namespace) -> int:
     bar.close()
     if rank == 0:
         save_checkpoint(checkpoint(args.iters, False), out)
+        write_manifest(out, "train", identity, {"iterations": args.iters, "world_size": world,
+                                                "annotations": str(ann_path)})
         resume_path.unlink(missing_ok=True)
         took = time.perf_counter() - t_start
         mem = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if use_cuda else ""

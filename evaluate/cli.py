@@ -1,11 +1,12 @@
-"""``simcal evaluate``: LVIS-protocol metrics with the paper's bins (issue [2/6])."""
+"""``simcal evaluate``: LVIS-protocol metrics with the paper's bins."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from simcal.core.names import BIN_EDGES
 
 
 def add_parser(sub) -> None:
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--train-ann", metavar="TRAIN.json", help="training annotations (instance counts -> AP1-AP4 bins)")
     p.add_argument("--iou-type", choices=("bbox", "segm", "both"),
                    help="box AP, mask AP, or both (default: both when every result has a segmentation, else bbox)")
-    p.add_argument("--bins", choices=("lvis", "coco-lt"), default="lvis", help="instance-count bin edges (default lvis)")
+    p.add_argument("--bins", choices=tuple(BIN_EDGES), default="lvis", help="instance-count bin edges (default lvis)")
     p.add_argument("--backend", choices=("fast", "lvis"), default="fast",
                    help="fast: faster-coco-eval (default); lvis: the lvis package's LVISEval (the reference)")
     p.add_argument("--max-dets", type=int, metavar="N",
@@ -46,26 +47,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _write_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _warn(msg: str) -> None:
     print(f"simcal evaluate: warning: {msg}", file=sys.stderr)
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from simcal.data.errors import InputError
+    from simcal.core.errors import InputError
     from simcal.evaluate.tables import compare_table, load_metrics
 
     stray = [f"--{n.replace('_', '-')}" for n in ("gt", "results", "train_ann", "out", "per_class") if getattr(args, n)]
@@ -80,9 +67,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
-    from simcal.data.errors import InputError
+    from simcal.core.errors import InputError
 
     if args.compare:
         return run_compare(args)
@@ -95,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             "--train-ann TRAIN.json' (or 'simcal evaluate --compare A.json B.json')."
         )
 
+    from simcal.core.atomic import write_json, write_text
     from simcal.data.annotations import load_annotations
     from simcal.evaluate.evaluator import default_iou_types, evaluate_results
     from simcal.evaluate.inputs import read_results, resolve_max_dets
@@ -117,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     doc = report.to_json()
     print(metrics_table(doc))
     if args.out:
-        _write_atomic(args.out, json.dumps(doc, indent=1) + "\n")
+        write_json(args.out, doc, indent=1)
         print(f"\nwrote {args.out}", file=sys.stderr)
     if args.per_class:
-        _write_atomic(args.per_class, per_class_csv(report.per_class))
+        write_text(args.per_class, per_class_csv(report.per_class))
         print(f"wrote {args.per_class}", file=sys.stderr)
     return 0

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from simcal.core.errors import input_error
 from simcal.data.annotations import Annotations
-from simcal.data.errors import input_error
 from simcal.evaluate.bins import empty_precision, per_class_ap, summarize
 from simcal.evaluate.inputs import (
     prepare_ground_truth,
@@ -79,7 +79,7 @@ def evaluate_results(
 ) -> EvalReport:
     """Evaluate parsed ``results`` (a list of LVIS result records) against ``gt``.
 
-    Raises :class:`~simcal.data.errors.InputError` for bad results. ``max_dets`` is
+    Raises :class:`~simcal.core.errors.InputError` for bad results. ``max_dets`` is
     the per-image cap (resolve the default with :func:`inputs.resolve_max_dets`).
     """
     if backend not in BACKENDS:

@@ -1,13 +1,12 @@
 """Validate and normalize the inputs of an evaluation (see :mod:`simcal.evaluate.protocol`).
 
 Everything a user can get wrong in a results file becomes one
-:class:`~simcal.data.errors.InputError` sentence naming the file, the first
+:class:`~simcal.core.errors.InputError` sentence naming the file, the first
 offending record and the fix; nothing here raises a bare exception on bad input.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simcal.data.annotations import Annotations
-from simcal.data.errors import InputError, input_error
+from simcal.core.errors import InputError, input_error
+from simcal.data.annotations import Annotations, valid_polygons
 from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
 
 _FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
@@ -195,20 +194,9 @@ class Detections:
 
 def read_results(path: str | os.PathLike) -> Any:
     """The parsed results json; InputError for a missing or unreadable file."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise input_error(path, "does not exist", "check the --results path")
-    except IsADirectoryError:
-        raise input_error(path, "is a directory, not a results json file", "pass the json file")
-    except OSError as e:
-        raise input_error(path, f"cannot be read ({e.strerror})")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise input_error(path, f"is not valid JSON{where} (truncated or corrupt?)", "rewrite the results file")
+    from simcal.core.jsonio import read_json
+
+    return read_json(path, "a results json file", "rewrite the results file")
 
 
 def _is_int(x: Any) -> bool:
@@ -221,7 +209,7 @@ def _finite(x: Any) -> bool:
 
 def _check_rle(path, i: int, seg: Any, h: int, w: int) -> None:
     if isinstance(seg, list):
-        if not seg or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_finite(v) for v in p) for p in seg):
+        if not valid_polygons(seg):
             raise input_error(path, f"result {i} has a bad polygon segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}")
         return
     if not isinstance(seg, dict) or not isinstance(seg.get("counts"), (str, list)) or not isinstance(seg.get("size"), list):

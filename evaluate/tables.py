@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
+from simcal.core.formatting import pct
+from simcal.core.jsonio import read_json
 from simcal.evaluate.protocol import IOU_TYPES, METRIC_KEYS, PAPER_COLUMNS
 
 IOU_NAMES = {"bbox": "box", "segm": "mask"}
 DETAIL_COLUMNS = ("AP50", "AP75", "APs", "APm", "APl")
-
-
-def pct(v: float | None) -> str:
-    """A fraction as percent with one decimal; '-' for an empty group (-1) or a missing value."""
-    if v is None or v < 0:
-        return "-"
-    return f"{100.0 * v:.1f}"
 
 
 def _bins_note(config: Mapping[str, Any]) -> str:
@@ -53,16 +47,7 @@ def metrics_table(doc: Mapping[str, Any]) -> str:
 def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     """Read a METRICS.json written by ``simcal evaluate``; InputError if it is not one."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise input_error(path, "does not exist", "check the path")
-    except IsADirectoryError:
-        raise input_error(path, "is a directory, not a metrics json file", "pass the json file")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise input_error(path, "is not valid JSON", "pass a METRICS.json written by 'simcal evaluate --out'")
-    except OSError as e:
-        raise input_error(path, f"cannot be read ({e.strerror})")
+    doc = read_json(path, "a metrics json file", "pass a METRICS.json written by 'simcal evaluate --out'")
     if not isinstance(doc, dict) or not any(isinstance(doc.get(t), dict) for t in IOU_TYPES):
         raise input_error(path, "has no 'bbox' or 'segm' metrics", "pass a METRICS.json written by 'simcal evaluate --out'")
     for t in IOU_TYPES:

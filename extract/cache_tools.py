@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simcal.data.errors import input_error
-from simcal.data.statistics import instance_bin
-from simcal.extract.schema import INDEX_ARRAYS, Cache
+from simcal.core.atomic import atomic_target
+from simcal.core.errors import input_error
+from simcal.data.statistics import bin_labels, instance_bin
+from simcal.extract.schema import INDEX_ARRAYS, ROW_NAMES, Cache
 
 _BLOCK = 65536  # rows per read when scanning a cache
 
@@ -31,7 +31,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     per_bin: dict[str, dict[str, int]] = {str(b): {"classes": 0, "rows": 0, "images": 0} for b in (1, 2, 3, 4)}
     class_row_ptr, class_image_ptr = cache.index("class_row_ptr"), cache.index("class_image_ptr")
     for k, c in enumerate(cats, start=1):
-        b = str(instance_bin(c["instance_count"]))
+        b = str(instance_bin(c["instance_count"], cache.bins))
         per_bin[b]["classes"] += 1
         per_bin[b]["rows"] += int(class_row_ptr[k + 1] - class_row_ptr[k])
         per_bin[b]["images"] += int(class_image_ptr[k + 1] - class_image_ptr[k])
@@ -52,6 +52,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "detector_fingerprint": a["detector_fingerprint"],
         "annotation_fingerprint": a["annotation_fingerprint"],
         "params": a["params"],
+        "bins": cache.bins,
         "per_bin": per_bin,
     }
 
@@ -72,11 +73,11 @@ def run_info(args: argparse.Namespace) -> int:
         f"detector {s['detector_fingerprint'][:19]}..., annotations {s['annotation_fingerprint'][:19]}...",
         "params: " + ", ".join(f"{k}={v}" for k, v in s["params"].items() if k not in ("annotations",)),
         "",
-        "| bin (train instances) | classes | fg rows | (class, image) pairs |",
+        f"| bin ({s['bins']}, train instances) | classes | fg rows | (class, image) pairs |",
         "|---|---|---|---|",
     ]
-    for b, label in zip("1234", ("<10", "10-100", "100-1000", ">=1000")):
-        d = s["per_bin"][b]
+    for b, label in bin_labels(s["bins"]).items():
+        d = s["per_bin"][str(b)]
         lines.append(f"| {b} ({label}) | {d['classes']} | {d['rows']} | {d['images']} |")
     print("\n".join(lines))
     return 0
@@ -129,10 +130,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def export_h5(src: Cache, out: Path) -> Path:
     import h5py
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as h:
-        for name in ("features", "feature_scale", "labels", "ious", "boxes", "image_index", "is_gt", "flipped",
-                     "image_ids"):
+    with atomic_target(out) as tmp, h5py.File(tmp, "w") as h:
+        for name in (*ROW_NAMES, "image_ids"):
             try:
                 arr = src[name]
             except KeyError:
@@ -154,7 +153,6 @@ def export_h5(src: Cache, out: Path) -> Path:
             if k != "complete":
                 h.attrs[k] = json.dumps(v)
         h.attrs["complete"] = json.dumps(src.attrs.get("complete") is True)
-    os.replace(tmp, out)
     return out
 
 

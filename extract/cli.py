@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.cli_args import add_dataset_args, add_device_arg, add_seed_arg
+from simcal.core.names import BIN_EDGES, FEATURE_DTYPES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -15,15 +18,12 @@ def add_parser(sub) -> None:
         "labelled by max IoU with GT (fg >= --fg-iou); up to --fg-per-gt rows per GT (the GT box "
         "always) and up to --bg-per-image background rows, drawn with a seeded generator. "
         "Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR). Output: "
-        "CACHE.zarr, complete or absent; OUT.parts/ holds finished parts while running. Re-running "
-        "the same command resumes; 'torchrun --nproc_per_node N -m simcal extract ...' splits the "
+        "CACHE.zarr, complete or absent, and CACHE.zarr.manifest.json (written last: what it was made "
+        "from); OUT.parts/ holds finished parts while running. Re-running the same command resumes; 'torchrun --nproc_per_node N -m simcal extract ...' splits the "
         "work with an identical result.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint from 'simcal train'")
-    p.add_argument("--data", metavar="DIR", help="a folder written by 'simcal data synth'")
-    p.add_argument("--split", default="train", help="split of --data (default train)")
-    p.add_argument("--ann", metavar="FILE", help="LVIS/COCO annotation json (instead of --data)")
-    p.add_argument("--images", metavar="DIR", help="image root for --ann")
+    add_dataset_args(p, "train")
     p.add_argument("--out", required=True, metavar="CACHE.zarr", help="output cache folder")
     p.add_argument("--fg-per-gt", type=int, default=8,
                    help="foreground rows per GT, the GT box included (default 8)")
@@ -32,15 +32,17 @@ def add_parser(sub) -> None:
                    "bi-level batch reaches fg:bg = 1:1 from its own images' background)")
     p.add_argument("--fg-iou", type=float, default=0.5, help="foreground IoU threshold (default 0.5)")
     p.add_argument("--flip", action="store_true", help="also store a horizontally flipped view of every image")
-    p.add_argument("--dtype", choices=("float16", "int8"), default="float16",
+    p.add_argument("--bins", choices=tuple(BIN_EDGES), default="lvis",
+                   help="instance-count bin scheme recorded in the cache for per-bin reports (default lvis)")
+    p.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16",
                    help="feature storage: float16, or int8 with a per-row scale (half the disk)")
     p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
     p.add_argument("--images-per-part", type=int, default=None,
                    help="images per resumable part, whose rows are held in memory until written (default: "
                    "about 256 MiB of features, e.g. 428 images for tiny, 107 for r50_fpn)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_arg(p, "the row draws")
     p.add_argument("--workers", type=int, default=0, help="image-loading processes (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace a cache or unfinished parts with other parameters")
 
     def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,9 @@ not understand with :class:`UnsupportedLayout`, so the caller reads through the 
 **The zarr store.**
 
 zarr reads and decodes whole inner chunks (partial chunk reads are zarr-specs
-issue #59, still open), and DESIGN.md §4 fixes chunks at >= 1 MiB. A bi-level batch
-wants about 200 rows from 16 images, which touch about 20 chunks: zarr then reads
-about 20x the useful bytes (measured on the demo cache: 40 MB/s of useful rows
-against 250 MB/s for one contiguous read of the same size).
+issue #59), and docs/design.md §4 fixes chunks at >= 1 MiB. A bi-level batch
+wants about 200 rows from 16 images, which touch about 20 chunks: zarr would read
+about 20x the useful bytes.
 
 The features are written uncompressed (only the ``bytes`` codec inside
 ``sharding_indexed``, extract/store.py), so every row is a fixed byte range of its shard
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 
 EMPTY = np.uint64(2**64 - 1)
 #: Shard files kept mapped at once (a large cache has thousands of shards).
@@ -178,8 +177,8 @@ class ShardRowReader:
 class H5RowReader:
     """Rows of a contiguous, unfiltered 2-D h5py dataset, through ``np.memmap``.
 
-    ``read(rows)`` -> ``(len(rows), D)``, equal to ``dataset[rows]``. Chunked exports (written
-    before the export went contiguous) raise :class:`UnsupportedLayout`.
+    ``read(rows)`` -> ``(len(rows), D)``, equal to ``dataset[rows]``. Chunked or filtered
+    datasets raise :class:`UnsupportedLayout`.
     """
 
     def __init__(self, dataset: Any) -> None:

@@ -1,4 +1,9 @@
-"""The feature-cache schema: the one module ``extract`` writes and ``calibrate`` reads.
+"""The feature-cache schema: names, dtypes and row encodings, in one place (docs/design.md §4).
+
+The cache is one component in this folder: this module says what a cache holds,
+:mod:`~simcal.extract.store` writes it, :mod:`~simcal.extract.reader` and
+:mod:`~simcal.extract.mapped_rows` read its rows, :mod:`~simcal.extract.cache_tools`
+inspects, verifies and exports it.
 
 A cache is a zarr v3 group (directory store, sharded) or its single-file h5py
 export, with the same names:
@@ -27,7 +32,8 @@ head can start from the detector's classifier with the cache alone.
 
 Attributes (``ATTR_KEYS``): ``schema_version``, ``detector_fingerprint``,
 ``annotation_fingerprint``, ``tap``, ``dim``, ``categories`` (entry k-1 for label k:
-id, name, instance_count, image_count, frequency), ``params`` (every extraction
+id, name, instance_count, image_count, frequency), ``bins`` (the instance-count bin
+scheme, ``lvis`` or ``coco-lt``, that per-bin reports use), ``params`` (every extraction
 parameter), ``counts``, and ``complete`` -- written last, ``true`` only when the
 whole cache is consistent.
 """
@@ -40,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 
 SCHEMA_VERSION = 1
 
@@ -57,7 +63,38 @@ ROW_ARRAYS: dict[str, tuple[str, tuple]] = {
 HEAD_ARRAYS = ("fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "cls_score.weight", "cls_score.bias")
 INDEX_ARRAYS = ("image_row_ptr", "class_image_ptr", "class_images", "class_row_ptr", "class_rows")
 ATTR_KEYS = ("schema_version", "detector_fingerprint", "annotation_fingerprint", "tap", "dim", "categories",
-             "params", "counts", "complete")
+             "bins", "params", "counts", "complete")
+#: Every row array a cache may hold, in export order (``feature_scale`` only with int8 features).
+ROW_NAMES = ("features", "feature_scale", "labels", "ious", "boxes", "image_index", "is_gt", "flipped")
+
+
+def row_specs(feature_dtype: str, dim: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, trailing shape) of every row array of a cache storing features as ``feature_dtype``."""
+    specs = dict(ROW_ARRAYS)
+    if feature_dtype == "int8":
+        specs["features"] = ("int8", ("D",))
+        specs["feature_scale"] = ("float32", ())
+    return {name: (dt, tuple(dim if t == "D" else t for t in trail)) for name, (dt, trail) in specs.items()}
+
+
+def empty_rows(feature_dtype: str, dim: int) -> dict[str, np.ndarray]:
+    """Zero-row arrays of every row array (a part whose images gave no rows)."""
+    return {name: np.zeros((0, *tail), dtype=dt) for name, (dt, tail) in row_specs(feature_dtype, dim).items()}
+
+
+def encode_features(x: np.ndarray, feature_dtype: str) -> dict[str, np.ndarray]:
+    """(R, D) float32 features -> the stored arrays: float16, or symmetric per-row int8 with a scale.
+
+    int8: ``row = q * scale``, ``scale = max|row| / 127`` (1 for an all-zero row).
+    """
+    if feature_dtype == "float16":
+        return {"features": x.astype(np.float16)}
+    if feature_dtype != "int8":
+        raise ValueError(f"unknown feature dtype {feature_dtype!r}")
+    scale = np.abs(x).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    return {"features": q, "feature_scale": scale.astype(np.float32)}
 
 #: The tap every head reads: the box head's input, RoIAlign output flattened (paper Fig. 4b heads).
 TAP = "roi_heads.box_roi_pool"
@@ -117,6 +154,11 @@ class Cache:
     @property
     def dim(self) -> int:
         return int(self.attrs["dim"])
+
+    @property
+    def bins(self) -> str:
+        """The instance-count bin scheme of per-bin reports (``lvis`` for caches that predate the attribute)."""
+        return str(self.attrs.get("bins", "lvis"))
 
     def close(self) -> None:
         if self._h5 is not None:

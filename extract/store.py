@@ -16,16 +16,15 @@ out of order, so it writes in two steps (dinov2-style index-addressed parts):
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from simcal.extract.schema import HEAD_ARRAYS, INDEX_ARRAYS, ROW_ARRAYS, SCHEMA_VERSION
+from simcal.core.atomic import atomic_target, atomic_write
+from simcal.extract.schema import HEAD_ARRAYS, INDEX_ARRAYS, SCHEMA_VERSION, row_specs
 
 MIB = 2**20
 CHUNKS_PER_SHARD = 64
@@ -40,11 +39,7 @@ def part_path(out: Path, p: int) -> Path:
 
 
 def write_part(out: Path, p: int, arrays: dict[str, np.ndarray]) -> None:
-    path = part_path(out, p)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(part_path(out, p), lambda f: np.savez(f, **arrays))
 
 
 def chunk_rows(row_bytes: int) -> int:
@@ -123,22 +118,26 @@ def consolidate(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Merge the parts into the final store at ``out`` (see module doc); returns the counts written."""
-    import zarr
-
     paths = [part_path(out, p) for p in range(num_parts)]
     rows_per_image = np.concatenate([np.load(p)["rows_per_image"] for p in paths])
+    with atomic_target(out) as tmp:
+        counts = _write_store(tmp, paths, rows_per_image, image_ids, dim, dtype, num_classes, attrs, head_weights,
+                              progress)
+    shutil.rmtree(parts_dir(out), ignore_errors=True)
+    return counts
+
+
+def _write_store(tmp: Path, paths: list[Path], rows_per_image: np.ndarray, image_ids: np.ndarray, dim: int,
+                 dtype: str, num_classes: int, attrs: dict[str, Any], head_weights: dict[str, np.ndarray],
+                 progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """Write the whole store at ``tmp`` (``complete`` last); returns the counts."""
+    import zarr
+
     R = int(rows_per_image.sum())
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w")
     root.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False})
-    specs = dict(ROW_ARRAYS)
-    if dtype == "int8":
-        specs["features"] = ("int8", ("D",))
-        specs["feature_scale"] = ("float32", ())
     writers = {}
-    for name, (dt, trail) in specs.items():
-        shape_tail = tuple(dim if t == "D" else t for t in trail)
+    for name, (dt, shape_tail) in row_specs(dtype, dim).items():
         row_bytes = int(np.dtype(dt).itemsize * int(np.prod(shape_tail or (1,))))
         rows = chunk_rows(row_bytes)
         kw: dict[str, Any] = {"chunks": (rows, *shape_tail)}
@@ -182,26 +181,7 @@ def consolidate(
     counts["gt_rows"] = int(sum(int(np.load(p)["is_gt"].sum()) for p in paths))
     root.attrs.update({**attrs, "counts": counts})
     root.attrs["complete"] = True  # last: everything above is on disk
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
     return counts
-
-
-def read_params(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((parts_dir(out) / "params.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_params(out: Path, params: dict[str, Any]) -> None:
-    d = parts_dir(out)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".params.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(params, indent=2, sort_keys=True))
-    os.replace(tmp, d / "params.json")
 
 
 def existing_parts(out: Path, num_parts: int) -> set[int]:

@@ -15,80 +15,88 @@ same configuration, so an interrupted sweep resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from simcal.data.errors import input_error
+from simcal.core.errors import input_error
 
 
-def _load_heads(specs, ck: dict, checkpoint: str, device) -> dict[str, torch.nn.Module]:
+def _load_heads(specs, ck: dict, checkpoint: str, device) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+    """Every head the variants name, on ``device``, and a fingerprint of each (its configuration and cache)."""
     from simcal.calibrate.trainer import load_head
+    from simcal.core.manifest import fingerprint
 
-    heads = {}
-    for path in sorted({s.head for s in specs if s.head}):
+    heads, prints = {}, {}
+    for path in sorted({s.head_ckpt for s in specs if s.head_ckpt}):
         head, hck = load_head(path)
         if hck["detector_fingerprint"] != ck["detector_fingerprint"]:
             raise input_error(path, f"was calibrated on features of another detector than {checkpoint}",
                               "extract a cache with this checkpoint and calibrate again")
         heads[path] = head.to(device).eval()
-    return heads
+        prints[path] = fingerprint({"config": hck["config"], "cache": hck["cache_fingerprint"]})
+    return heads, prints
 
 
-def _config_of(spec, args: argparse.Namespace, ck: dict, ann_path: Path) -> dict:
-    return {**spec.to_dict(), "checkpoint": str(args.checkpoint), "detector_fingerprint": ck["detector_fingerprint"],
-            "annotations": str(ann_path)}
+def _specs(args: argparse.Namespace) -> tuple[list, dict[str, Path]]:
+    """The variants to score and the results file of each."""
+    from simcal.infer.variants import VariantSpec, check_variant, read_variants
+
+    out = Path(args.out)
+    if args.sweep:
+        specs = read_variants(args.sweep)
+        return specs, {s.name: out / s.name / "results.json" for s in specs}
+    heads = args.head_ckpt or []
+    if len(heads) > 1:
+        raise input_error(None, f"{len(heads)} heads given, but this detector has one classification stage",
+                          "pass one --head-ckpt")
+    spec = VariantSpec(name="results", mode=args.mode, head_ckpt=heads[0] if heads else None, T=args.T,
+                       posthoc=args.posthoc, gamma=args.gamma, props_gt=args.props_gt, max_dets=args.max_dets)
+    check_variant(spec)
+    return [spec], {"results": out}
+
+
+def _gather(res: list, world: int) -> list:
+    """Every rank's results, rank by rank (one process: as they are)."""
+    if world == 1:
+        return res
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, res)
+    return [r for part in gathered for r in part]
 
 
 def main(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
+    from simcal.core.atomic import write_json
+    from simcal.core.device import resolve_device
+    from simcal.core.manifest import completed, write_manifest
     from simcal.data.annotations import load_annotations
-    from simcal.data.cli import write_json_atomic
     from simcal.data.detection_dataset import DetectionDataset, collate
     from simcal.data.layout import resolve_dataset
     from simcal.detector.checkpoint import check_categories, load_checkpoint
-    from simcal.detector.distributed import finish_distributed, init_distributed, resolve_device
-    from simcal.infer.variants import VariantSpec, build_score_fn, check_variant, predict_variants, read_variants
+    from simcal.detector.distributed import finish_distributed, init_distributed
+    from simcal.infer.variants import build_score_fn, predict_variants
 
-    out = Path(args.out)
-    if args.sweep:
-        specs = read_variants(args.sweep)
-        targets = {s.name: out / s.name / "results.json" for s in specs}
-    else:
-        if args.head and len(args.head) > 1:
-            raise input_error(None, f"{len(args.head)} heads given, but this detector has one classification stage",
-                              "pass one --head")
-        specs = [VariantSpec(name="results", mode=args.mode, head=args.head[0] if args.head else None, T=args.T,
-                             posthoc=args.posthoc, gamma=args.gamma, props_gt=args.props_gt,
-                             max_dets=args.max_dets)]
-        check_variant(specs[0])
-        targets = {"results": out}
-
+    specs, targets = _specs(args)
     rank, world, local_rank = init_distributed()
     device = resolve_device(args.device, local_rank)
     model, ck = load_checkpoint(args.checkpoint, device)
-    heads = _load_heads(specs, ck, args.checkpoint, device)
+    heads, head_prints = _load_heads(specs, ck, args.checkpoint, device)
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     ann = load_annotations(ann_path)
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)
 
-    def done(spec) -> bool:  # resumable sweeps: same variant, same detector, same data -> keep
-        cfg = targets[spec.name].with_name(targets[spec.name].name + ".config.json")
-        try:
-            old = json.loads(cfg.read_text())
-        except (OSError, ValueError):
-            return False
-        new = _config_of(spec, args, ck, ann_path)
-        return targets[spec.name].exists() and all(old.get(k) == v for k, v in new.items())
+    def identity(spec) -> dict:
+        return {"variant": {**spec.to_dict(), "name": None}, "head": head_prints.get(spec.head_ckpt),
+                "detector_fingerprint": ck["detector_fingerprint"], "annotation_fingerprint": ann.fingerprint}
 
-    todo = [s for s in specs if not (args.sweep and done(s))]
+    todo = [s for s in specs if not completed(targets[s.name], "infer", identity(s))]
     if len(todo) < len(specs):
-        print(f"reusing {len(specs) - len(todo)} finished variant(s) in {out}", file=sys.stderr)
+        print(f"reusing {len(specs) - len(todo)} finished variant(s) in {args.out}", file=sys.stderr)
     if not todo:
         finish_distributed()
         return 0
@@ -107,21 +115,16 @@ def main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     order = {img["id"]: k for k, img in enumerate(ann.images)}
     for spec in todo:
-        res = results[spec.name]
-        if world > 1:
-            gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, res)
-            res = [r for part in gathered for r in part]
+        res = _gather(results[spec.name], world)
         if rank != 0:
             continue
         res.sort(key=lambda r: order[r["image_id"]])  # stable: within an image, detector order
         path = targets[spec.name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, res, separators=(",", ":"))
-        cfg = {**{k: v for k, v in vars(args).items() if k != "func"}, **_config_of(spec, args, ck, ann_path),
-               "world_size": world, "seconds": round(seconds, 2), "variants_in_pass": len(todo),
-               "categories": ck["categories"]}
-        write_json_atomic(path.with_name(path.name + ".config.json"), cfg, indent=2)
+        write_json(path, res, separators=(",", ":"))
+        record = {**{k: v for k, v in vars(args).items() if k != "func"}, "variant": spec.to_dict(),
+                  "checkpoint": str(args.checkpoint), "annotations": str(ann_path), "world_size": world,
+                  "seconds": round(seconds, 2), "variants_in_pass": len(todo), "categories": ck["categories"]}
+        write_manifest(path, "infer", identity(spec), record)
         print(f"wrote {path}: {len(res)} detections on {len(ds)} images", file=sys.stderr)
     if rank == 0:
         print(f"{len(todo)} variant(s) in {seconds:.1f} s", file=sys.stderr)

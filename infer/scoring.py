@@ -3,7 +3,7 @@
 Shapes: ``(R, C+1)`` logits or probabilities, column 0 = background; ``counts`` has
 C entries, ``counts[z - 1]`` = N_z, the train instance count of class z.
 
-Dual head (DESIGN.md §6, as the authors' mmdet ``get_det_bboxes``): both heads are
+Dual head (docs/design.md §6, as the authors' mmdet ``get_det_bboxes``): both heads are
 softmaxed; for a class z with ``N_z <= T`` (Eq. 2; the released code writes ``<``)
 the calibrated column replaces the original one; background and every other column
 stay original; the result is **not** renormalised.
@@ -11,7 +11,7 @@ stay original; the result is **not** renormalised.
     orig  p = softmax(orig)
     cal   p = softmax(cal)
     sel   p[:, z] = softmax(cal)[:, z] if N_z <= T else softmax(orig)[:, z];  p[:, 0] = softmax(orig)[:, 0]
-    avg   p = (softmax(orig) + softmax(cal)) / 2
+    avg   p = (softmax(orig) + softmax(cal)) / 2   (every class; T does not apply)
 
 Post-hoc, from the original head alone (no training):
 
@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-MODES = ("orig", "cal", "sel", "avg")
-POSTHOC = ("none", "norcal", "logit_adjust", "tau_norm")
+from simcal.core.names import MODES
 
 
 def rare_mask(counts: Sequence[int], T: float) -> torch.Tensor:

@@ -8,13 +8,12 @@ flags writes (tested). Fifty variants cost one backbone, RPN and box-head pass p
 rounds of NMS and mask head.
 
 Sweep file: a JSON list of objects, each ``{"name": str}`` plus any of ``mode``,
-``head``, ``T``, ``posthoc``, ``gamma``, ``props_gt``, ``max_dets`` (the single-run
+``head_ckpt``, ``T``, ``posthoc``, ``gamma``, ``props_gt``, ``max_dets`` (the single-run
 flags and defaults).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -23,8 +22,10 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from simcal.core.errors import input_error
+from simcal.core.jsonio import read_json
+from simcal.core.names import MODES, POSTHOC
 from simcal.data.categories import CategoryMapping
-from simcal.data.errors import input_error
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -33,7 +34,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class VariantSpec:
     name: str = "results"
     mode: str = "orig"
-    head: Optional[str] = None
+    head_ckpt: Optional[str] = None
     T: float = 300
     posthoc: str = "none"
     gamma: float = 1.0
@@ -46,13 +47,10 @@ class VariantSpec:
 
 def read_variants(path: str | Path) -> list[VariantSpec]:
     """Parse and check a sweep file; every problem is one sentence naming the file."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise input_error(path, f"is not a readable JSON list of variants ({e})")
+    doc = read_json(path, "a JSON list of variants")
     if not isinstance(doc, list) or not doc or not all(isinstance(v, dict) for v in doc):
         raise input_error(path, "must be a non-empty JSON list of objects", 'e.g. [{"name": "sel", "mode": "sel", '
-                          '"head": "head.pth"}]')
+                          '"head_ckpt": "head.pth"}]')
     fields = set(VariantSpec.__dataclass_fields__)
     specs = []
     for k, v in enumerate(doc):
@@ -73,16 +71,14 @@ def read_variants(path: str | Path) -> list[VariantSpec]:
 
 
 def check_variant(spec: VariantSpec, source: str | Path | None = None) -> None:
-    from simcal.infer.scoring import MODES, POSTHOC
-
     what = f"variant {spec.name!r}: " if source is not None else ""
     if spec.mode not in MODES:
         raise input_error(source, f"{what}unknown mode {spec.mode!r}", f"choose from {', '.join(MODES)}")
     if spec.posthoc not in POSTHOC:
         raise input_error(source, f"{what}unknown posthoc {spec.posthoc!r}", f"choose from {', '.join(POSTHOC)}")
-    if spec.mode != "orig" and not spec.head:
-        raise input_error(source, f"{what}mode {spec.mode} needs a calibrated head", "give --head HEAD.pth")
-    if spec.props_gt and (spec.mode != "orig" or spec.head or spec.posthoc != "none"):
+    if spec.mode != "orig" and not spec.head_ckpt:
+        raise input_error(source, f"{what}mode {spec.mode} needs a calibrated head", "give --head-ckpt HEAD.pth")
+    if spec.props_gt and (spec.mode != "orig" or spec.head_ckpt or spec.posthoc != "none"):
         raise input_error(source, f"{what}props-gt replaces the classifier, so it takes no head, mode or posthoc",
                           "run it with --mode orig and no --head")
     if not isinstance(spec.max_dets, int) or spec.max_dets <= 0:
@@ -95,7 +91,7 @@ def build_score_fn(spec: VariantSpec, counts: list[int], heads: dict[str, torch.
 
     if spec.props_gt:
         return PropsGT()
-    return make_score_fn(counts, spec.mode, heads.get(spec.head) if spec.head else None, spec.T, spec.posthoc,
+    return make_score_fn(counts, spec.mode, heads.get(spec.head_ckpt) if spec.head_ckpt else None, spec.T, spec.posthoc,
                          spec.gamma, cls_score)
 
 

@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simcal.data.errors import InputError
+    from simcal.core.errors import InputError
 
     args = get_args_parser().parse_args(argv)
     try:

@@ -6,8 +6,13 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 
 from simcal.data import CategoryMapping, InputError
 from simcal.detector.builders import build
-from simcal.detector.checkpoint import (check_categories, load_checkpoint, make_checkpoint, read_checkpoint,
-                                        save_checkpoint)
+from simcal.detector.checkpoint import (
+    check_categories,
+    load_checkpoint,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from simcal.detector.losses import build_classification_loss
 
 

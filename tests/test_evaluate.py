@@ -16,7 +16,7 @@ from simcal.data.statistics import instance_bin
 from simcal.evaluate.evaluator import LVISEvaluator, evaluate_results
 from simcal.evaluate.lvis_reference import numpy_aliases
 from simcal.evaluate.protocol import METRIC_KEYS
-from simcal.evaluate.synthetic_cases import CaseSpec, uncompressed_rle, make_case
+from simcal.evaluate.synthetic_cases import CaseSpec, make_case, uncompressed_rle
 
 TOL = 1e-4
 LVIS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")

@@ -201,9 +201,9 @@ def test_head_from_another_detector_is_refused(quick_caches, quick_bench, tmp_pa
     ck = head_checkpoint(head, cfg, cache, info)
     ck["detector_fingerprint"] = "sha256:someone-else"
     save_head(ck, tmp_path / "foreign.pth")
+    from simcal.data import category_statistics, load_annotations
     from simcal.detector.builders import build
     from simcal.detector.checkpoint import make_checkpoint, save_checkpoint
-    from simcal.data import load_annotations, category_statistics
 
     ann = load_annotations(quick_bench / "annotations" / "train.json")
     torch.manual_seed(0)

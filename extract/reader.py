@@ -1,4 +1,4 @@
-"""Reading batches of rows from a feature cache; a background prefetch thread for store reads.
+"""Reading batches of rows from a feature cache (what calibration trains on); a prefetch thread.
 
 ``FeatureReader.read(rows)`` takes ascending row indices and returns ``(B, D)``
 features in ``dtype`` (float32; bfloat16 for ``calibrate --amp``, whose matmuls cast
@@ -8,8 +8,8 @@ gathers rows from there; ``gpu`` does the same on the
 device; ``none`` reads from the store every batch, through memory maps of the
 cache's files (:mod:`simcal.extract.mapped_rows`: zarr itself would read every
 touched 1 MiB chunk whole, 20x the bytes a bi-level batch needs); layouts those
-maps do not cover go through the library (an orthogonal selection in zarr,
-contiguous runs in h5py).
+maps do not cover go through zarr (an orthogonal selection); an h5 export must be
+one contiguous dataset, as ``simcal cache export`` writes it.
 ``auto`` (the default) preloads to RAM when the features take at most
 ``AUTO_RAM_FRACTION`` of the machine's memory and 8 GiB, else reads from the store.
 Labels and int8 scales (a few bytes a row) are always held in memory.
@@ -25,9 +25,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from simcal.core.errors import input_error
+from simcal.core.names import PRELOAD
 from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
 
-PRELOAD = ("auto", "none", "ram", "gpu")
 AUTO_RAM_FRACTION = 0.4
 AUTO_RAM_MAX = 8 * 2**30
 
@@ -41,16 +42,6 @@ def resolve_preload(preload: str, nbytes: int) -> str:
     except (ValueError, OSError, AttributeError):
         total = 0
     return "ram" if nbytes <= min(AUTO_RAM_FRACTION * total, AUTO_RAM_MAX) else "none"
-
-
-def runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal [start, end) runs of consecutive values in ascending ``rows``."""
-    if len(rows) == 0:
-        return []
-    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    return [(int(rows[s]), int(rows[e - 1]) + 1) for s, e in zip(starts, ends)]
 
 
 class FeatureReader:
@@ -73,18 +64,27 @@ class FeatureReader:
             if self.scale is None and dtype == torch.bfloat16:  # fp16 -> bf16 once: what autocast does every step
                 self.memory = self.memory.to(dtype)
         elif preload == "none":
-            zarr_array = hasattr(self.features, "get_orthogonal_selection")
-            try:
-                self.store_rows = (ShardRowReader if zarr_array else H5RowReader)(self.features)
-            except UnsupportedLayout:
-                pass  # e.g. a compressed store or an older chunked export: the library reads it
+            self.store_rows = self._row_reader(cache)
         else:
             raise ValueError(f"unknown preload {preload!r}; choose from {', '.join(PRELOAD)}")
         self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64))
         # Store reads overlap compute in a thread where a core is free for it: with the device busy
-        # on a GPU, or more than 2 cores. On 2 cores the thread fights torch's own threads: the demo
-        # cache trained at 280 steps/s with it, 430 without (page-cached reads take 0.5 ms a batch).
+        # on a GPU, or more than 2 cores. On 2 cores the thread competes with torch's own threads
+        # for the cores and slows training down.
         self.prefetch = self.memory is None and (self.device.type == "cuda" or (os.cpu_count() or 1) > 2)
+
+    def _row_reader(self, cache) -> ShardRowReader | H5RowReader | None:
+        """The memory-mapped reader of the features; None where zarr must read them itself."""
+        if hasattr(self.features, "get_orthogonal_selection"):
+            try:
+                return ShardRowReader(self.features)
+            except UnsupportedLayout:
+                return None  # e.g. a compressed store: zarr reads it
+        try:
+            return H5RowReader(self.features)
+        except UnsupportedLayout as e:
+            raise input_error(cache.path, f"is an h5 export whose features are not one contiguous dataset ({e})",
+                              "export it again with 'simcal cache export'")
 
     def _read_store(self, rows: np.ndarray) -> np.ndarray:
         if self.store_rows is not None:
@@ -92,9 +92,7 @@ class FeatureReader:
                 return self.store_rows.read(rows)
             except UnsupportedLayout:  # a shard the map cannot read (seen only once it is opened)
                 self.store_rows = None
-        if hasattr(self.features, "get_orthogonal_selection"):  # other zarr layouts: each chunk read once
-            return np.asarray(self.features.get_orthogonal_selection((rows, slice(None))))
-        return np.concatenate([np.asarray(self.features[a:b]) for a, b in runs(rows)])  # h5py: contiguous runs
+        return np.asarray(self.features.get_orthogonal_selection((rows, slice(None))))  # each chunk read once
 
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) features (``dtype``) and (B,) int64 labels of ascending ``rows``, on the device."""
