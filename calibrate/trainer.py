@@ -123,7 +123,7 @@ def train_head(
             with torch.no_grad():
                 logits = head(x)
         else:
-            # --amp: bfloat16 matmuls (fp32 weights and loss); 2-3x faster on AVX512-BF16 CPUs and GPUs
+            # --amp: bfloat16 matmuls (fp32 weights and loss), where GPUs and BF16-capable CPUs are fastest
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = head(x)
             loss = loss_fn(logits.float(), y)

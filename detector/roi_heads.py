@@ -6,7 +6,7 @@
   logits and sampled labels of the same forward (stashed by hooks).
 - ``score_fn`` (dual-head and post-hoc inference): torchvision's
   ``postprocess_detections`` applies a softmax to whatever logits it gets, which would
-  renormalise a merged score vector; the authors' code does not (DESIGN.md §10). With
+  renormalise a merged score vector; the authors' code does not (docs/design.md §10). With
   ``score_fn`` set, the per-RoI class probabilities come from
   ``score_fn(class_logits, box_features)`` -- ``box_features`` being the tap (the box
   head's input, ``(R, D)``), so calibrated heads see exactly what the box head sees --

@@ -1,6 +1,6 @@
 """The ``tiny`` backbone: a 4-stage conv net + FPN that learns the synthetic benchmark on a CPU.
 
-Shapes for a (B, 3, 128, 128) batch (DESIGN.md §8.1):
+Shapes for a (B, 3, 128, 128) batch (docs/design.md §8.1):
     stem   stride 2   (B, 16, 64, 64)
     c2     stride 4   (B, 16, 32, 32)   -> FPN "0"
     c3     stride 8   (B, 32, 16, 16)   -> FPN "1"

@@ -18,6 +18,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,39 @@ def _identity(args: argparse.Namespace, annotation_fingerprint: str) -> dict[str
 
 
 def _builder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"class_agnostic": bool(args.class_agnostic)}
-    return kw
+    return {"class_agnostic": bool(args.class_agnostic)}
 
 
-def main(args: argparse.Namespace) -> int:
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """Where this process trains and writes: set up once by :func:`_setup`."""
 
-    from simcal.core.atomic import write_json
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    out: Path
+    ann: Any
+    ann_path: Path
+    image_root: Path
+    identity: dict[str, Any]
+
+    @property
+    def resume_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".resume.pth")
+
+    @property
+    def log_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".log.jsonl")
+
+
+def _setup(args: argparse.Namespace) -> _Run | None:
+    """Check the flags, join the process group, load the data; None when ``--out`` is already trained."""
     from simcal.core.device import resolve_amp, resolve_device
-    from simcal.core.manifest import completed, remove_manifest, write_manifest
+    from simcal.core.manifest import completed, remove_manifest
     from simcal.data.annotations import load_annotations
-    from simcal.data.detection_dataset import DetectionDataset, collate
     from simcal.data.layout import resolve_dataset
-    from simcal.data.statistics import category_statistics
-    from simcal.detector.builders import build
-    from simcal.detector.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
-    from simcal.detector.distributed import finish_distributed, init_distributed
-    from simcal.detector.losses import build_classification_loss
-    from simcal.detector.samplers import TrainingSampler, repeat_factors
+    from simcal.detector.distributed import init_distributed
 
     if args.iters <= 0 or args.batch_size <= 0:
         raise input_error(None, "--iters and --batch-size must be positive")
@@ -83,92 +96,137 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size % world:
         raise input_error(None, f"--batch-size {args.batch_size} is not divisible by {world} processes")
     device = resolve_device(args.device, local_rank)
-    use_cuda = device.type == "cuda"
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     amp = resolve_amp(args.amp, device)
-    if amp and not use_cuda:
+    if amp and device.type != "cuda":
         raise input_error(None, "--amp on needs CUDA; use --amp off or auto on CPU")
-
-    out = Path(args.out)
-    resume_path = out.with_name(out.name + ".resume.pth")
-    log_path = out.with_name(out.name + ".log.jsonl")
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images, what="training data")
     ann = load_annotations(ann_path)
-    identity = _identity(args, ann.fingerprint)
-    if out.exists() and not args.overwrite:
-        if args.resume and completed(out, "train", identity):
+    run = _Run(rank, world, device, amp, Path(args.out), ann, ann_path, image_root,
+               _identity(args, ann.fingerprint))
+    if run.out.exists() and not args.overwrite:
+        if args.resume and completed(run.out, "train", run.identity):
             if rank == 0:
-                print(f"{out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
-            finish_distributed()
-            return 0
-        raise input_error(out, "already exists", "pass --overwrite to replace it, or choose another --out")
+                print(f"{run.out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
+            return None
+        raise input_error(run.out, "already exists", "pass --overwrite to replace it, or choose another --out")
     if rank == 0:
-        remove_manifest(out)
+        remove_manifest(run.out)
+    return run
 
-    dataset = DetectionDataset(ann, image_root, flip_prob=args.flip, seed=args.seed)
-    dataset.check_files()  # every rank: a bad input must stop all of them, not leave some at a barrier
-    stats = category_statistics(ann)
-    counts = [c["instance_count"] for c in stats]
+
+def _build_model(args: argparse.Namespace, run: _Run, counts: list[int]) -> torch.nn.Module:
+    """The detector to train (seeded), with the long-tail classification loss asked for."""
+    from simcal.detector.builders import build
+    from simcal.detector.losses import build_classification_loss
 
     torch.manual_seed(args.seed)
-    builder_kwargs = _builder_kwargs(args)
     extra = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
-    model = build(args.arch, ann.mapping.num_classes, **builder_kwargs, **extra)
+    model = build(args.arch, run.ann.mapping.num_classes, **_builder_kwargs(args), **extra)
     if args.cls_loss != "ce":
         model.roi_heads.cls_loss = build_classification_loss(
             args.cls_loss, counts, gamma=args.focal_gamma, n=args.reweight_n, k=args.margin_k
         )
-    model.to(device).train()
+    return model.to(run.device).train()
+
+
+def _optimisation(args: argparse.Namespace, model: torch.nn.Module, amp: bool):
+    """SGD with momentum, linear warm-up then x0.1 steps (one LambdaLR), and the AMP grad scaler."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     steps = [int(float(s) * args.iters) for s in args.lr_steps.split(",") if s.strip()]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, args.warmup, steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    return params, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp)
 
-    start_iter, rng_state = 0, None
-    if args.resume and resume_path.exists():
-        state = read_checkpoint(resume_path)
-        if state["annotation_fingerprint"] != ann.fingerprint or state["train_args"].get("arch") != args.arch:
-            raise input_error(resume_path, "was written for other data or another arch",
-                              "delete it or re-run with the original arguments")
-        model.load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
-        start_iter, rng_state = state["iteration"], ts["rng"]
-        if rank == 0:
-            print(f"resuming from {resume_path} at iteration {start_iter}", file=sys.stderr)
 
-    per_rank = args.batch_size // world
+def _resume(args: argparse.Namespace, run: _Run, model, optimizer, scheduler, scaler) -> tuple[int, Any]:
+    """(first iteration, saved RNG state or None): the state of ``OUT.resume.pth`` with ``--resume``."""
+    from simcal.detector.checkpoint import read_checkpoint
+
+    if not (args.resume and run.resume_path.exists()):
+        return 0, None
+    state = read_checkpoint(run.resume_path)
+    if state["annotation_fingerprint"] != run.ann.fingerprint or state["train_args"].get("arch") != args.arch:
+        raise input_error(run.resume_path, "was written for other data or another arch",
+                          "delete it or re-run with the original arguments")
+    model.load_state_dict(state["state_dict"])
+    ts = state["train_state"]
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    scaler.load_state_dict(ts["scaler"])
+    if run.rank == 0:
+        print(f"resuming from {run.resume_path} at iteration {state['iteration']}", file=sys.stderr)
+    return state["iteration"], ts["rng"]
+
+
+def _batches(args: argparse.Namespace, run: _Run, dataset, start_iter: int, factors):
+    """This rank's infinite stream of batches, starting where iteration ``start_iter`` would read."""
+    from torch.utils.data import DataLoader
+
+    from simcal.data.detection_dataset import collate
+    from simcal.detector.samplers import TrainingSampler
+
+    per_rank = args.batch_size // run.world
+    use_cuda = run.device.type == "cuda"
     workers = args.workers if args.workers is not None else (4 if use_cuda else 0)
-    factors = None
-    if args.sampler == "repeat_factor":
-        cats = [[a["category_id"] for a in ann.annotations_of(img["id"])] for img in ann.images]
-        factors = repeat_factors(cats, args.rfs_t)
-    sampler = TrainingSampler(len(dataset), args.seed, rank, world, factors, start=start_iter * per_rank)
+    sampler = TrainingSampler(len(dataset), args.seed, run.rank, run.world, factors, start=start_iter * per_rank)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                         collate_fn=collate, persistent_workers=workers > 0, pin_memory=use_cuda)
-    batches = iter(loader)
+    return iter(loader)
+
+
+def _log(run: _Run, rec: dict[str, Any]) -> None:
+    if run.device.type == "cuda":
+        rec["max_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def main(args: argparse.Namespace) -> int:
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    from simcal.core.atomic import write_json
+    from simcal.core.manifest import write_manifest
+    from simcal.data.detection_dataset import DetectionDataset
+    from simcal.data.statistics import category_statistics
+    from simcal.detector.checkpoint import make_checkpoint, save_checkpoint
+    from simcal.detector.distributed import finish_distributed
+    from simcal.detector.samplers import repeat_factors
+
+    run = _setup(args)
+    if run is None:
+        finish_distributed()
+        return 0
+    dataset = DetectionDataset(run.ann, run.image_root, flip_prob=args.flip, seed=args.seed)
+    dataset.check_files()  # every rank: a bad input must stop all of them, not leave some at a barrier
+    stats = category_statistics(run.ann)
+    model = _build_model(args, run, [c["instance_count"] for c in stats])
+    params, optimizer, scheduler, scaler = _optimisation(args, model, run.amp)
+    start_iter, rng_state = _resume(args, run, model, optimizer, scheduler, scaler)
+    factors = None
+    if args.sampler == "repeat_factor":
+        factors = repeat_factors([[a["category_id"] for a in run.ann.annotations_of(img["id"])]
+                                  for img in run.ann.images], args.rfs_t)
+    batches = _batches(args, run, dataset, start_iter, factors)
     if rng_state is not None:  # after the loader consumed its seed, as in the uninterrupted run
         torch.set_rng_state(rng_state)
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if run.world > 1 else model
 
-    if rank == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cfg = {**_plain_args(args), "world_size": world, "device": str(device), "amp": amp,
-               "annotations": str(ann_path), "annotation_fingerprint": ann.fingerprint,
+    if run.rank == 0:
+        cfg = {**_plain_args(args), "world_size": run.world, "device": str(run.device), "amp": run.amp,
+               "annotations": str(run.ann_path), "annotation_fingerprint": run.ann.fingerprint,
                "cls_loss_config": getattr(model.roi_heads.cls_loss, "config", lambda: {"name": "ce"})(),
                "repeat_factor_images": None if factors is None else float(factors.sum())}
-        write_json(out.with_name(out.name + ".config.json"), cfg, indent=2)
-        if start_iter == 0 and log_path.exists():
-            log_path.unlink()
+        write_json(run.out.with_name(run.out.name + ".config.json"), cfg, indent=2)
+        if start_iter == 0:
+            run.log_path.unlink(missing_ok=True)
 
     def checkpoint(iteration: int, with_state: bool) -> dict[str, Any]:
-        ck = make_checkpoint(model, args.arch, builder_kwargs, ann.mapping,
+        ck = make_checkpoint(model, args.arch, _builder_kwargs(args), run.ann.mapping,
                              [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
-                              for c in stats], ann.fingerprint, _plain_args(args), iteration)
+                              for c in stats], run.ann.fingerprint, _plain_args(args), iteration)
         if with_state:
             ck["train_state"] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "scaler": scaler.state_dict(), "rng": torch.get_rng_state()}
@@ -178,13 +236,13 @@ def main(args: argparse.Namespace) -> int:
     # schedule is meant to advance anyway, so torch's ordering warning is noise here.
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     bar = tqdm(total=args.iters, initial=start_iter, desc=f"train {args.arch}", unit="it",
-               disable=rank != 0 or None, dynamic_ncols=True)
-    t_start, t_last = time.perf_counter(), time.perf_counter()
+               disable=run.rank != 0 or None, dynamic_ncols=True)
+    t_start = t_last = time.perf_counter()
     for it in range(start_iter, args.iters):
         images, targets = next(batches)
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=amp):
+        images = [im.to(run.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(run.device.type, enabled=run.amp):
             losses = ddp(images, targets)
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
@@ -201,31 +259,27 @@ def main(args: argparse.Namespace) -> int:
         scheduler.step()
         bar.update(1)
         done = it + 1
-        if rank == 0 and (done % args.log_every == 0 or done == args.iters):
+        if run.rank == 0 and (done % args.log_every == 0 or done == args.iters):
             now = time.perf_counter()
-            rec = {"iter": done, "lr": lr_used, "loss": loss.item(),
-                   **{k: v.item() for k, v in losses.items()},
-                   "s_per_iter": (now - t_last) / min(args.log_every, done - start_iter)}
-            if use_cuda:
-                rec["max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            _log(run, {"iter": done, "lr": lr_used, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+                       "s_per_iter": (now - t_last) / min(args.log_every, done - start_iter)})
             t_last = now
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", cls=f"{rec['loss_classifier']:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", cls=f"{losses['loss_classifier'].item():.3f}")
         if done % args.checkpoint_every == 0 and done < args.iters:
-            if rank == 0:
-                save_checkpoint(checkpoint(done, True), resume_path)
-            if world > 1:
+            if run.rank == 0:
+                save_checkpoint(checkpoint(done, True), run.resume_path)
+            if run.world > 1:
                 torch.distributed.barrier()
     bar.close()
-    if rank == 0:
-        save_checkpoint(checkpoint(args.iters, False), out)
-        write_manifest(out, "train", identity, {"iterations": args.iters, "world_size": world,
-                                                "annotations": str(ann_path)})
-        resume_path.unlink(missing_ok=True)
+    if run.rank == 0:
+        save_checkpoint(checkpoint(args.iters, False), run.out)
+        write_manifest(run.out, "train", run.identity, {"iterations": args.iters, "world_size": run.world,
+                                                        "annotations": str(run.ann_path)})
+        run.resume_path.unlink(missing_ok=True)
         took = time.perf_counter() - t_start
-        mem = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if use_cuda else ""
-        print(f"wrote {out} ({args.iters - start_iter} iterations in {took:.0f} s, "
+        mem = (f", peak GPU memory {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB"
+               if run.device.type == "cuda" else "")
+        print(f"wrote {run.out} ({args.iters - start_iter} iterations in {took:.0f} s, "
               f"{took / max(args.iters - start_iter, 1):.3f} s/it{mem})", file=sys.stderr)
     finish_distributed()
     return 0

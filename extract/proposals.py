@@ -1,7 +1,7 @@
 """Which RoIs an image contributes to the cache, and their pooled features.
 
 For a batch of images through a frozen torchvision Mask R-CNN in eval mode
-(DESIGN.md §10):
+(docs/design.md §10):
 
 1. ``images, targets = model.transform(imgs, targets)`` (GT boxes rescaled too);
 2. ``feats = model.backbone(images.tensors)``; ``proposals = model.rpn(images, feats)``;
