@@ -11,7 +11,7 @@ PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.
           lvis==0.5.3 pycocotools==2.0.11 faster-coco-eval==1.8.0 tqdm==4.70.1 \
           matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench bench-docs clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Benchmarks: each run is recorded in benchmarks/results/NAME.json (benchmarks/record.py), then
+# docs/benchmarks.md is rendered from the records (benchmarks/render.py; never edit that page).
+# eval_speed needs nothing; calibrate_speed runs on a finished `make demo` (DEMO) when there is one.
+DEMO := runs/demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/record.py eval_speed -- $(BIN)/python benchmarks/eval_speed.py --quick
+	if [ -d $(DEMO) ]; then \
+	  $(BIN)/python benchmarks/record.py calibrate_speed -- $(BIN)/python benchmarks/calibrate_speed.py \
+	    --checkpoint $(DEMO)/baseline_tiny.pth --data $(DEMO)/data --cache $(DEMO)/train.zarr --steps 600; \
+	else \
+	  echo "bench: no $(DEMO) (run 'make demo' first): calibrate_speed skipped"; \
+	fi
+	$(BIN)/python benchmarks/render.py
+
+bench-docs:
+	$(PYTHON) benchmarks/render.py
 
 clean:
 	rm -rf runs .pytest_cache

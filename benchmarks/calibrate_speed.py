@@ -1,4 +1,4 @@
-"""Calibration speed from the cache vs the online source, measured in one run (issue [5/6]).
+"""Calibration speed from the cache vs the online source, measured in one run.
 
     python benchmarks/calibrate_speed.py --checkpoint runs/demo/baseline_tiny.pth \
         --data runs/demo/data --cache runs/demo/train.zarr [--quick]

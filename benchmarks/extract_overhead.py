@@ -1,4 +1,4 @@
-"""Extraction cost, measured in one run on this machine (issue [4/6]).
+"""Extraction cost, measured in one run on this machine.
 
     python benchmarks/extract_overhead.py --checkpoint runs/demo/baseline_tiny.pth --data runs/demo/data
     python benchmarks/extract_overhead.py ... --quick          # fewer images

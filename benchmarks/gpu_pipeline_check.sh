@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for extraction and calibration (issues [4/6], [5/6]) with the tiny and r50_fpn detectors.
+# GPU check for extraction and calibration with the tiny and r50_fpn detectors.
 # Usage on a CUDA machine with torch/torchvision, pycocotools and zarr installed, outside the repo root:
 #   bash /path/to/benchmarks/gpu_pipeline_check.sh OUTDIR
 # Prints extraction images/s, cache-vs-online calibration steps/s (benchmarks/calibrate_speed.py).

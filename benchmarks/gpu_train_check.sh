@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for `simcal train` (issue [3/6]): AMP training of r50_fpn and tiny on CUDA.
+# GPU check for `simcal train`: AMP training of r50_fpn and tiny on CUDA.
 # Usage on a CUDA machine with torch/torchvision (and pycocotools) installed, from the repo root:
 #   bash benchmarks/gpu_train_check.sh OUTDIR [R50_ITERS] [TINY_ITERS]
 # Prints per-run seconds/iteration, iterations/s and peak GPU memory (from the JSONL log).
