@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 # Exact versions for reproducible runs; setup.cfg keeps open ranges for users.
 PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.0 \
           lvis==0.5.3 pycocotools==2.0.11 faster-coco-eval==1.8.0 tqdm==4.70.1 \
-          matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0
+          matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0 ruff==0.17.6 import-linter==2.17
+STAGES := data detector extract calibrate infer evaluate
 
-.PHONY: venv demo test bench bench-docs clean
+.PHONY: venv demo test test-fast lint bench bench-docs clean
 
 venv: $(STAMP)
 
@@ -26,6 +27,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the demo, torchrun and kill tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (pyproject.toml), then the import layers (pyproject.toml [tool.importlinter]). import-linter
+# finds subpackages on disk below the root package, while each stage folder installs as
+# simcal.<folder> (setup.cfg package_dir): .lintview/ assembles that layout from copies to check it.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	rm -rf .lintview && mkdir -p .lintview && cp -r simcal .lintview/simcal
+	for d in $(STAGES); do cp -r $$d .lintview/simcal/$$d; done
+	cd .lintview && ../$(BIN)/lint-imports --config ../pyproject.toml
 
 # Benchmarks: each run is recorded in benchmarks/results/NAME.json (benchmarks/record.py), then
 # docs/benchmarks.md is rendered from the records (benchmarks/render.py; never edit that page).
@@ -46,4 +60,4 @@ bench-docs:
 	$(PYTHON) benchmarks/render.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .lintview
