@@ -162,8 +162,11 @@ def main() -> None:
           f"({out['store_read_fraction_of_contiguous']:.0%}); zarr's own contiguous read "
           f"{out['zarr_contiguous_mb_per_s']} MB/s")
     if h5:
-        print(f"h5 export ({h5['h5_reader']}): {h5['steps_per_s_h5']} steps/s; bi-level reads {h5['h5_read_mb_per_s']} MB/s vs "
-              f"contiguous {h5['h5_contiguous_mb_per_s']} MB/s ({h5['h5_read_fraction_of_contiguous']:.0%})")
+        print(
+            f"h5 export ({h5['h5_reader']}): {h5['steps_per_s_h5']} steps/s; "
+            f"bi-level reads {h5['h5_read_mb_per_s']} MB/s vs "
+            f"contiguous {h5['h5_contiguous_mb_per_s']} MB/s ({h5['h5_read_fraction_of_contiguous']:.0%})"
+        )
     print(json.dumps(out))
 
 

@@ -80,7 +80,9 @@ def main() -> int:
         out[f"{backend}_peak_rss_mb"] = round(rss, 1)
         docs[backend] = json.loads((work / f"metrics_{backend}.json").read_text())
     out["ratio"] = round(out["lvis_s"] / out["fast_s"], 2)
-    diffs = [abs(docs["fast"][t][k] - docs["lvis"][t][k]) for t in docs["fast"] if t != "config" for k in docs["fast"][t]]
+    diffs = [
+        abs(docs["fast"][t][k] - docs["lvis"][t][k]) for t in docs["fast"] if t != "config" for k in docs["fast"][t]
+    ]
     out["max_metric_diff"] = max(diffs)
     out["metrics_compared"] = len(diffs)
     out["AP_fast"] = {t: round(docs["fast"][t]["AP"], 4) for t in docs["fast"] if t != "config"}

@@ -23,16 +23,28 @@ def add_parser(sub) -> None:
         "GRID.json a folder with one head per configuration and results.md. A head already trained with "
         "the same configuration on the same cache is reused.",
     )
-    p.add_argument("--cache", metavar="CACHE", help="feature cache of the train split (required unless --source online)")
-    p.add_argument("--head", choices=tuple(HEADS), default="3fc_ft",
-                   help="head architecture to train (default 3fc_ft). " + describe(HEADS))
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="bilevel",
-                   help="batch sampler (default bilevel). " + describe(SAMPLERS))
-    p.add_argument("--loss", choices=tuple(LOSSES), default="ce", help="classification loss (default ce). "
-                   + describe(LOSSES))
+    p.add_argument(
+        "--cache", metavar="CACHE", help="feature cache of the train split (required unless --source online)"
+    )
+    p.add_argument(
+        "--head",
+        choices=tuple(HEADS),
+        default="3fc_ft",
+        help="head architecture to train (default 3fc_ft). " + describe(HEADS),
+    )
+    p.add_argument(
+        "--sampler",
+        choices=tuple(SAMPLERS),
+        default="bilevel",
+        help="batch sampler (default bilevel). " + describe(SAMPLERS),
+    )
+    p.add_argument(
+        "--loss", choices=tuple(LOSSES), default="ce", help="classification loss (default ce). " + describe(LOSSES)
+    )
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    p.add_argument("--out", metavar="HEAD.pth | DIR",
-                   help="head checkpoint (a folder with --sweep); not used with --sample-only")
+    p.add_argument(
+        "--out", metavar="HEAD.pth | DIR", help="head checkpoint (a folder with --sweep); not used with --sample-only"
+    )
     p.add_argument("--classes-per-batch", type=int, default=16, help="n classes per bi-level batch (default 16)")
     p.add_argument("--images-per-class", type=int, default=1, help="images per drawn class (default 1)")
     p.add_argument("--bg-ratio", type=float, default=1.0, help="background rows per foreground row (default 1)")
@@ -41,23 +53,41 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
     add_seed_arg(p, "the sampler and the head's initialisation")
     add_device_arg(p)
-    add_amp_arg(p, "off", "the head's matmuls (bfloat16 autocast; weights and loss stay fp32) and the online "
-                "detector forward; off keeps fp32, as the released code")
-    p.add_argument("--preload", choices=tuple(PRELOAD), default="auto",
-                   help="none: read each batch's rows from the store (a zarr cache or an h5 export "
-                   "through memory maps of its files); ram / gpu: copy them there once; "
-                   "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none")
+    add_amp_arg(
+        p,
+        "off",
+        "the head's matmuls (bfloat16 autocast; weights and loss stay fp32) and the online "
+        "detector forward; off keeps fp32, as the released code",
+    )
+    p.add_argument(
+        "--preload",
+        choices=tuple(PRELOAD),
+        default="auto",
+        help="none: read each batch's rows from the store (a zarr cache or an h5 export "
+        "through memory maps of its files); ram / gpu: copy them there once; "
+        "auto (default): ram when they take at most 40%% of memory and 8 GiB, else none",
+    )
     p.add_argument("--sample-only", action="store_true", help="draw the batches, train nothing; needs --stats")
     p.add_argument("--stats", metavar="OUT.json", help="with --sample-only: write sampler statistics here")
-    p.add_argument("--sweep", metavar="GRID.json",
-                   help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
-                   '[...], "seed": [...]} loading the cache once (or a list of such grids: their union, in order; a key '
-                   'left out takes the command-line value); --out is then a folder')
-    p.add_argument("--eval-cache", metavar="VAL_CACHE",
-                   help="score each head by proposal classification accuracy per bin on a val cache "
-                   "(printed, and written to HEAD.pth.eval.json)")
-    p.add_argument("--source", choices=("cache", "online"), default="cache",
-                   help="cache (default), or online: a frozen detector forward every step (the reference)")
+    p.add_argument(
+        "--sweep",
+        metavar="GRID.json",
+        help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
+        '[...], "seed": [...]} loading the cache once (or a list of such grids: their union, in order; a key '
+        "left out takes the command-line value); --out is then a folder",
+    )
+    p.add_argument(
+        "--eval-cache",
+        metavar="VAL_CACHE",
+        help="score each head by proposal classification accuracy per bin on a val cache "
+        "(printed, and written to HEAD.pth.eval.json)",
+    )
+    p.add_argument(
+        "--source",
+        choices=("cache", "online"),
+        default="cache",
+        help="cache (default), or online: a frozen detector forward every step (the reference)",
+    )
     p.add_argument("--checkpoint", metavar="CKPT", help="detector checkpoint (for --source online)")
     add_dataset_args(p, "train", "training images for --source online")
 

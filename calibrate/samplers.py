@@ -167,7 +167,8 @@ class ClassBalancedSampler(Sampler):
         fg = np.array([idx.rows_of_class(int(c))[self.rng.integers(0, len(idx.rows_of_class(int(c))))]
                        for c in classes])
         bg_all = idx.rows_of_class(0)
-        bg = bg_all[self.rng.integers(0, len(bg_all), size=int(round(self.bg_ratio * self.n)))] if len(bg_all) else bg_all
+        n_bg = int(round(self.bg_ratio * self.n))
+        bg = bg_all[self.rng.integers(0, len(bg_all), size=n_bg)] if len(bg_all) else bg_all
         rows = np.unique(np.concatenate([fg, bg]).astype(np.int64))
         img = np.searchsorted(idx.image_row_ptr, rows, side="right") - 1
         return Batch(rows, classes, np.unique(img), int(len(np.unique(fg))))
@@ -189,8 +190,12 @@ class RepeatFactorSampler(Sampler):
 
 
 def build_sampler(name: str, index: CacheIndex, **kw) -> Sampler:
-    kinds = {"bilevel": BilevelSampler, "random": RandomSampler, "class_balanced": ClassBalancedSampler,
-             "repeat_factor": RepeatFactorSampler}
+    kinds = {
+        "bilevel": BilevelSampler,
+        "random": RandomSampler,
+        "class_balanced": ClassBalancedSampler,
+        "repeat_factor": RepeatFactorSampler,
+    }
     if name not in kinds:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     return kinds[name](index, **kw)

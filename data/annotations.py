@@ -179,7 +179,8 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
     is_lvis = False
     for img in images:
         _require(path, img, ("height", "width"), "image")
-        if not (isinstance(img["height"], int) and isinstance(img["width"], int) and img["height"] > 0 and img["width"] > 0):
+        h, w = img["height"], img["width"]
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
             raise input_error(path, f"image {img['id']} has a non-positive or non-integer height/width", _FIX_ANN)
         img["file_name"] = _safe_file_name(path, img)
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
@@ -191,7 +192,8 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
                 unknown = [c for c in ids if c not in cat_ids]
                 if unknown:
                     raise input_error(
-                        path, f"image {img['id']} '{key}' names unknown category id {unknown[0]}",
+                        path,
+                        f"image {img['id']} '{key}' names unknown category id {unknown[0]}",
                         "every id must be in 'categories'",
                     )
     image_by_id = {img["id"]: img for img in images}
@@ -202,15 +204,14 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
         if img is None:
             raise input_error(path, f"annotation {a['id']} refers to unknown image id {a['image_id']}", _FIX_ANN)
         if a["category_id"] not in cat_ids:
-            raise input_error(
-                path, f"annotation {a['id']} refers to unknown category id {a['category_id']}", _FIX_ANN
-            )
+            raise input_error(path, f"annotation {a['id']} refers to unknown category id {a['category_id']}", _FIX_ANN)
         box = a["bbox"]
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
             raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)
         if box[2] <= 0 or box[3] <= 0:
             raise input_error(
-                path, f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
+                path,
+                f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
                 "fix or drop that annotation",
             )
         if "segmentation" in a:

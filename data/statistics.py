@@ -117,14 +117,15 @@ def format_summary(summary: dict[str, Any], max_rows: int = 60) -> str:
     lines = [
         f"# {summary['file']}",
         "",
-        f"{summary['num_images']} images, {summary['num_instances']} instances, "
-        f"{summary['num_categories']} categories",
+        f"{summary['num_images']} images, {summary['num_instances']} instances, {summary['num_categories']} categories",
         "",
         "| frequency (train images) | r (<=10) | c (11-100) | f (>100) |",
         "|---|---|---|---|",
         "| classes | {r} | {c} | {f} |".format(**summary["frequency"]),
         "",
-        f"| instance bin ({summary['bins_scheme']}) | 1 ({labels[1]}) | 2 ({labels[2]}) | 3 ({labels[3]}) | 4 ({labels[4]}) |",
+        f"| instance bin ({summary['bins_scheme']}) | "
+        + " | ".join(f"{b} ({labels[b]})" for b in (1, 2, 3, 4))
+        + " |",
         "|---|---|---|---|---|",
         "| classes | {} | {} | {} | {} |".format(*(summary["bins"][str(b)] for b in (1, 2, 3, 4))),
         "",

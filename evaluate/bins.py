@@ -68,7 +68,13 @@ def per_class_ap(precision: np.ndarray) -> np.ndarray:
     return np.where(n > 0, s / np.maximum(n, 1), -1.0)
 
 
-def empty_precision(gt_annotations: Sequence[Mapping], cat_ids: Sequence[int], area_ranges: Sequence[tuple[float, float]], num_thrs: int, num_recalls: int) -> np.ndarray:
+def empty_precision(
+    gt_annotations: Sequence[Mapping],
+    cat_ids: Sequence[int],
+    area_ranges: Sequence[tuple[float, float]],
+    num_thrs: int,
+    num_recalls: int,
+) -> np.ndarray:
     """The precision array of an evaluation without detections: 0 where ground truth exists, else -1."""
     index = {c: k for k, c in enumerate(cat_ids)}
     has = np.zeros((len(cat_ids), len(area_ranges)), dtype=bool)

@@ -42,7 +42,9 @@ def add_parser(sub) -> None:
                    "info.max_dets_per_image if present, else 300 as LVIS)")
     p.add_argument("--out", metavar="METRICS.json", help="write the metrics (and the resolved config) here")
     p.add_argument("--per-class", metavar="OUT.csv", help="write per-category AP with train counts, frequency and bin")
-    p.add_argument("--compare", nargs="+", metavar="METRICS.json", help="print these metric files side by side and exit")
+    p.add_argument(
+        "--compare", nargs="+", metavar="METRICS.json", help="print these metric files side by side and exit"
+    )
     p.add_argument("--labels", nargs="+", metavar="NAME", help="row names for --compare (default: file names)")
     p.set_defaults(func=run)
 
@@ -57,10 +59,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
     stray = [f"--{n.replace('_', '-')}" for n in ("gt", "results", "train_ann", "out", "per_class") if getattr(args, n)]
     if stray:
-        raise InputError(f"--compare prints existing metric files and takes no {', '.join(stray)}; drop them or run without --compare.")
+        raise InputError(
+            f"--compare prints existing metric files and takes no {', '.join(stray)}; "
+            "drop them or run without --compare."
+        )
     docs = [load_metrics(f) for f in args.compare]
     if args.labels is not None and len(args.labels) != len(args.compare):
-        raise InputError(f"--labels has {len(args.labels)} names for {len(args.compare)} files; give one name per file.")
+        raise InputError(
+            f"--labels has {len(args.labels)} names for {len(args.compare)} files; give one name per file."
+        )
     labels = args.labels or [Path(f).stem for f in args.compare]
     print(compare_table(docs, labels))
     return 0
@@ -95,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
         iou_types = default_iou_types(results)
     else:
         iou_types = ("bbox", "segm") if args.iou_type == "both" else (args.iou_type,)
-    print(f"evaluation cap: {max_dets} detections per image ({source}); iou types: "
-          f"{', '.join(iou_types)}; backend: {args.backend}", file=sys.stderr)
+    print(
+        f"evaluation cap: {max_dets} detections per image ({source}); iou types: "
+        f"{', '.join(iou_types)}; backend: {args.backend}",
+        file=sys.stderr,
+    )
     report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
     report.config["max_dets_source"] = source
     for w in report.warnings:

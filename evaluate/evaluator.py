@@ -61,7 +61,11 @@ def category_bins(gt: Annotations, train: Annotations, bins: str) -> dict[int, d
 
 def default_iou_types(dets_raw: Any) -> tuple[str, ...]:
     """Both box and mask AP when every result has a mask, else box AP."""
-    if isinstance(dets_raw, list) and dets_raw and all(isinstance(r, dict) and r.get("segmentation") is not None for r in dets_raw):
+    if (
+        isinstance(dets_raw, list)
+        and dets_raw
+        and all(isinstance(r, dict) and r.get("segmentation") is not None for r in dets_raw)
+    ):
         return ("bbox", "segm")
     return ("bbox",)
 
@@ -149,8 +153,13 @@ def evaluate_results(
     from simcal import __version__
     from simcal.data.statistics import BIN_EDGES, bin_labels
 
-    counts_bin = {str(b): sum(1 for c in gt.categories if cats[c["id"]]["bin"] == b and gt_counts.get(c["id"], 0)) for b in (1, 2, 3, 4)}
-    counts_freq = {f: sum(1 for c in gt.categories if frequencies[c["id"]] == f and gt_counts.get(c["id"], 0)) for f in "rcf"}
+    counts_bin = {
+        str(b): sum(1 for c in gt.categories if cats[c["id"]]["bin"] == b and gt_counts.get(c["id"], 0))
+        for b in (1, 2, 3, 4)
+    }
+    counts_freq = {
+        f: sum(1 for c in gt.categories if frequencies[c["id"]] == f and gt_counts.get(c["id"], 0)) for f in "rcf"
+    }
     config = {
         "simcal_version": __version__,
         "gt": str(gt.path),
@@ -218,7 +227,12 @@ class LVISEvaluator:
             recs = []
             for i in range(len(scores)):
                 x0, y0, x1, y1 = boxes[i].tolist()
-                r = {"image_id": int(image_id), "category_id": int(cats[i]), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
+                r = {
+                    "image_id": int(image_id),
+                    "category_id": int(cats[i]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(scores[i]),
+                }
                 if masks is not None:
                     m = masks[i]
                     if isinstance(m.get("counts"), bytes):

@@ -87,7 +87,9 @@ def _make_eval_class():
     return _LVISFasterEval
 
 
-def run_fast(gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+def run_fast(
+    gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
     """Precision ``[T, R, K, A]`` (categories in ``gt.cat_ids`` order) and faster-coco-eval's own summary.
 
     Small inputs run in one call over every category. Larger ones (more than
@@ -150,9 +152,15 @@ def run_fast(gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | 
             ev.summarize()
             sd = ev.stats_as_dict
             native = {
-                "AP": sd["AP_all"], "AP50": sd["AP_50"], "AP75": sd["AP_75"],
-                "APs": sd["AP_small"], "APm": sd["AP_medium"], "APl": sd["AP_large"],
-                "APr": sd["APr"], "APc": sd["APc"], "APf": sd["APf"],
+                "AP": sd["AP_all"],
+                "AP50": sd["AP_50"],
+                "AP75": sd["AP_75"],
+                "APs": sd["AP_small"],
+                "APm": sd["AP_medium"],
+                "APl": sd["AP_large"],
+                "APr": sd["APr"],
+                "APc": sd["APc"],
+                "APf": sd["APf"],
             }
         del ev, coco_gt, coco_dt, ds
     return precision, native

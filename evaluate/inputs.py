@@ -67,7 +67,10 @@ def to_compressed_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     else:
         return seg
     counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def resolve_frequencies(gt: Annotations, train: Annotations) -> tuple[dict[int, str], str]:
@@ -83,7 +86,8 @@ def resolve_frequencies(gt: Annotations, train: Annotations) -> tuple[dict[int, 
     bad = [c for c in cats if "frequency" in c and c["frequency"] not in FREQUENCIES]
     if bad:
         raise input_error(
-            gt.path, f"category {bad[0]['id']} has frequency {bad[0]['frequency']!r}",
+            gt.path,
+            f"category {bad[0]['id']} has frequency {bad[0]['frequency']!r}",
             "LVIS frequency must be one of 'r', 'c', 'f'",
         )
     from simcal.data.statistics import category_statistics
@@ -92,7 +96,9 @@ def resolve_frequencies(gt: Annotations, train: Annotations) -> tuple[dict[int, 
     return {c["id"]: by_id.get(c["id"], "r") for c in cats}, "training image counts (ground truth has none)"
 
 
-def prepare_ground_truth(gt: Annotations, iou_type: str, frequencies: dict[int, str], frequency_source: str) -> GroundTruth:
+def prepare_ground_truth(
+    gt: Annotations, iou_type: str, frequencies: dict[int, str], frequency_source: str
+) -> GroundTruth:
     """Normalize ``gt`` for ``iou_type`` (see the module docstring of :mod:`protocol`)."""
     if iou_type not in IOU_TYPES:
         raise ValueError(f"unknown iou type {iou_type!r}")
@@ -110,7 +116,8 @@ def prepare_ground_truth(gt: Annotations, iou_type: str, frequencies: dict[int, 
         if iou_type == "segm":
             if seg is None:
                 raise input_error(
-                    gt.path, f"annotation {a['id']} has no 'segmentation', needed for mask AP",
+                    gt.path,
+                    f"annotation {a['id']} has no 'segmentation', needed for mask AP",
                     "evaluate with --iou-type bbox or use a ground truth with masks",
                 )
             im = img_by_id[a["image_id"]]
@@ -210,19 +217,31 @@ def _finite(x: Any) -> bool:
 def _check_rle(path, i: int, seg: Any, h: int, w: int) -> None:
     if isinstance(seg, list):
         if not valid_polygons(seg):
-            raise input_error(path, f"result {i} has a bad polygon segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}")
+            raise input_error(
+                path, f"result {i} has a bad polygon segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}"
+            )
         return
-    if not isinstance(seg, dict) or not isinstance(seg.get("counts"), (str, list)) or not isinstance(seg.get("size"), list):
-        raise input_error(path, f"result {i} has a bad segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}")
+    if (
+        not isinstance(seg, dict)
+        or not isinstance(seg.get("counts"), (str, list))
+        or not isinstance(seg.get("size"), list)
+    ):
+        raise input_error(
+            path, f"result {i} has a bad segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}"
+        )
     if list(seg["size"]) != [h, w]:
         raise input_error(
-            path, f"result {i} mask size {seg['size']} differs from its image's [height, width] [{h}, {w}]",
+            path,
+            f"result {i} mask size {seg['size']} differs from its image's [height, width] [{h}, {w}]",
             "encode masks at the original image size",
         )
     counts = seg["counts"]
     if isinstance(counts, list) and (not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w):
-        raise input_error(path, f"result {i} has an uncompressed RLE whose counts do not add up to height x width {h * w}",
-                          "encode masks with pycocotools.mask.encode")
+        raise input_error(
+            path,
+            f"result {i} has an uncompressed RLE whose counts do not add up to height x width {h * w}",
+            "encode masks with pycocotools.mask.encode",
+        )
 
 
 def _check_rle_strings(where, records: list[dict[str, Any]], index: np.ndarray) -> None:
@@ -239,7 +258,9 @@ def _check_rle_strings(where, records: list[dict[str, Any]], index: np.ndarray) 
         try:
             area(seg)
         except (RuntimeError, ValueError) as e:
-            raise input_error(where, f"result {i} has a malformed RLE mask ({e})", "encode masks with pycocotools.mask.encode")
+            raise input_error(
+                where, f"result {i} has a malformed RLE mask ({e})", "encode masks with pycocotools.mask.encode"
+            )
 
 
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
@@ -286,12 +307,18 @@ def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool,
             if seg is None:
                 continue
             im = img_by_id[img]
-            if type(seg) is not dict or type(seg.get("counts")) is not str or seg.get("size") != [im["height"], im["width"]]:
+            if (
+                type(seg) is not dict
+                or type(seg.get("counts")) is not str
+                or seg.get("size") != [im["height"], im["width"]]
+            ):
                 return None
     return np.array(imgs, dtype=np.int64).reshape(n), scores, boxes, n > 0 and n_segm == n
 
 
-def _columns_checked(where, gt: Annotations, results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
+def _columns_checked(
+    where, gt: Annotations, results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool
+):
     """The record-by-record validation: the first problem becomes an InputError; else the columns."""
     n = len(results)
     image_ids = np.empty(n, dtype=np.int64)
@@ -303,34 +330,52 @@ def _columns_checked(where, gt: Annotations, results: list, img_by_id: dict, cat
             raise input_error(where, f"result {i} is not a JSON object", _FIX_RESULTS)
         img = r.get("image_id")
         if not _is_int(img):
-            raise input_error(where, f"result {i} has {'no' if img is None else 'a non-integer'} image_id", _FIX_RESULTS)
+            raise input_error(
+                where, f"result {i} has {'no' if img is None else 'a non-integer'} image_id", _FIX_RESULTS
+            )
         if img not in img_by_id:
             raise input_error(
-                where, f"result {i} names image id {img}, which is not in the ground truth {gt.path}",
+                where,
+                f"result {i} names image id {img}, which is not in the ground truth {gt.path}",
                 "evaluate results against the annotation file they were produced for",
             )
         cat = r.get("category_id")
         if not _is_int(cat):
-            raise input_error(where, f"result {i} has {'no' if cat is None else 'a non-integer'} category_id", _FIX_RESULTS)
+            raise input_error(
+                where, f"result {i} has {'no' if cat is None else 'a non-integer'} category_id", _FIX_RESULTS
+            )
         if cat not in cat_ids:
             raise input_error(
-                where, f"result {i} names category id {cat}, which is not a category of the ground truth {gt.path}",
+                where,
+                f"result {i} names category id {cat}, which is not a category of the ground truth {gt.path}",
                 "map model labels to the dataset's category ids",
             )
         s = r.get("score")
         if not _finite(s):
-            what = "no score" if s is None else f"a non-finite score ({s})" if isinstance(s, float) else f"a non-numeric score ({s!r})"
+            what = (
+                "no score"
+                if s is None
+                else f"a non-finite score ({s})"
+                if isinstance(s, float)
+                else f"a non-numeric score ({s!r})"
+            )
             raise input_error(where, f"result {i} has {what}", "every detection needs a finite score")
         box = r.get("bbox")
         if box is not None:
             if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
                 raise input_error(where, f"result {i} bbox is not [x, y, w, h] of finite numbers", _FIX_RESULTS)
             if box[2] < 0 or box[3] < 0:
-                raise input_error(where, f"result {i} has a negative box size (w={box[2]}, h={box[3]})", "boxes are [x, y, width, height]")
+                raise input_error(
+                    where,
+                    f"result {i} has a negative box size (w={box[2]}, h={box[3]})",
+                    "boxes are [x, y, width, height]",
+                )
             boxes[i] = box
             n_bbox += 1
         elif need_bbox:
-            raise input_error(where, f"result {i} has no 'bbox', needed for box AP", "add boxes or evaluate with --iou-type segm")
+            raise input_error(
+                where, f"result {i} has no 'bbox', needed for box AP", "add boxes or evaluate with --iou-type segm"
+            )
         seg = r.get("segmentation")
         if seg is not None:
             im = img_by_id[img]
@@ -338,7 +383,8 @@ def _columns_checked(where, gt: Annotations, results: list, img_by_id: dict, cat
             n_segm += 1
         elif need_segm:
             raise input_error(
-                where, f"result {i} has no 'segmentation', needed for mask AP (--iou-type segm)",
+                where,
+                f"result {i} has no 'segmentation', needed for mask AP (--iou-type segm)",
                 "evaluate with --iou-type bbox or write masks as RLE",
             )
         image_ids[i] = img
@@ -363,7 +409,14 @@ def prepare_results(
     """
     where = path if path is not None else "results"
     if not isinstance(results, list):
-        kind = {dict: "an object", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(type(results), "not a list")
+        kind = {
+            dict: "an object",
+            str: "a string",
+            bool: "a boolean",
+            type(None): "null",
+            int: "a number",
+            float: "a number",
+        }.get(type(results), "not a list")
         raise input_error(where, f"top level is {kind}, not a list of detections", _FIX_RESULTS)
     img_by_id = {im["id"]: im for im in gt.images}
     cat_ids = set(c["id"] for c in gt.categories)
@@ -423,5 +476,7 @@ def resolve_max_dets(requested: int | None, gt: Annotations) -> tuple[int, str]:
     if v is None:
         return LVIS_MAX_DETS, "LVIS default"
     if not _is_int(v) or v < 1:
-        raise input_error(gt.path, f"info.max_dets_per_image is {v!r}, not a positive integer", "fix it or pass --max-dets")
+        raise input_error(
+            gt.path, f"info.max_dets_per_image is {v!r}, not a positive integer", "fix it or pass --max-dets"
+        )
     return int(v), f"{Path(gt.path).name} info.max_dets_per_image"

@@ -27,7 +27,9 @@ class CaseSpec:
     absent_fraction: float = 0.15  # categories with no val instance
     masks: bool = True
     train_scale: float = 1.0  # multiplies the drawn training instance counts
-    neg_per_image: tuple[int, int] | None = None  # None: 20-80% of the absent categories; else a count range (LVIS: a few)
+    neg_per_image: tuple[int, int] | None = (
+        None  # None: 20-80% of the absent categories; else a count range (LVIS: a few)
+    )
 
 
 def _rect_rle(x0: int, y0: int, x1: int, y1: int, h: int, w: int) -> list[int]:
@@ -81,7 +83,10 @@ def make_case(spec: CaseSpec = CaseSpec(), seed: int = 0, first_cat_id: int = 1)
     C = spec.num_categories
     cat_ids = [first_cat_id + 2 * k for k in range(C)]  # ids with gaps
     freqs = rng.choice(["r", "c", "f"], size=C, p=[0.3, 0.4, 0.3])
-    categories = [{"id": c, "name": f"class_{c}", "frequency": str(f), "synset": f"class_{c}.n.01"} for c, f in zip(cat_ids, freqs)]
+    categories = [
+        {"id": c, "name": f"class_{c}", "frequency": str(f), "synset": f"class_{c}.n.01"}
+        for c, f in zip(cat_ids, freqs)
+    ]
     n_absent = int(round(spec.absent_fraction * C))
     absent = set(rng.choice(cat_ids, size=n_absent, replace=False).tolist()) if n_absent else set()
     present_cats = [c for c in cat_ids if c not in absent]
@@ -123,8 +128,16 @@ def make_case(spec: CaseSpec = CaseSpec(), seed: int = 0, first_cat_id: int = 1)
             n_neg = min(len(others), int(rng.integers(spec.neg_per_image[0], spec.neg_per_image[1] + 1)))
         neg = sorted(rng.choice(others, size=n_neg, replace=False).tolist()) if others else []
         not_ex = sorted(c for c in pos if rng.random() < 0.25)
-        images.append({"id": img_id, "file_name": f"{img_id}.png", "height": h, "width": w,
-                       "neg_category_ids": neg, "not_exhaustive_category_ids": not_ex})
+        images.append(
+            {
+                "id": img_id,
+                "file_name": f"{img_id}.png",
+                "height": h,
+                "width": w,
+                "neg_category_ids": neg,
+                "not_exhaustive_category_ids": not_ex,
+            }
+        )
 
         n_det = int(rng.integers(spec.dets_per_image[0], spec.dets_per_image[1] + 1))
         for d in range(n_det):
@@ -145,8 +158,12 @@ def make_case(spec: CaseSpec = CaseSpec(), seed: int = 0, first_cat_id: int = 1)
                 right = False
             box, rects = _shape(rng, h, w, x, y, bw, bh)
             score = 0.4 + 0.6 * rng.random() if right else 0.8 * rng.random()
-            r = {"image_id": img_id, "category_id": int(c), "bbox": [round(v, 2) for v in box],
-                 "score": float(round(score, 6))}
+            r = {
+                "image_id": img_id,
+                "category_id": int(c),
+                "bbox": [round(v, 2) for v in box],
+                "score": float(round(score, 6)),
+            }
             if spec.masks:
                 r["segmentation"] = _mask_rle(rects, h, w)
             results.append(r)
@@ -156,18 +173,35 @@ def make_case(spec: CaseSpec = CaseSpec(), seed: int = 0, first_cat_id: int = 1)
     # training file: only the per-category instance counts matter (they pick the bins)
     bin_p = [0.35, 0.3, 0.22, 0.13]
     lo_hi = [(1, 9), (10, 99), (100, 999), (1000, 1500)]
-    train_imgs = [{"id": k + 1, "file_name": f"t{k + 1}.png", "height": 64, "width": 64,
-                   "neg_category_ids": [], "not_exhaustive_category_ids": []} for k in range(200)]
+    train_imgs = [
+        {
+            "id": k + 1,
+            "file_name": f"t{k + 1}.png",
+            "height": 64,
+            "width": 64,
+            "neg_category_ids": [],
+            "not_exhaustive_category_ids": [],
+        }
+        for k in range(200)
+    ]
     train_anns = []
     tid = 1
     for c in cat_ids:
         b = int(rng.choice(4, p=bin_p))
-        n = max(1, int(rng.integers(lo_hi[b][0], lo_hi[b][1] + 1) * spec.train_scale)) if spec.train_scale != 1.0 else int(rng.integers(lo_hi[b][0], lo_hi[b][1] + 1))
+        n = (
+            max(1, int(rng.integers(lo_hi[b][0], lo_hi[b][1] + 1) * spec.train_scale))
+            if spec.train_scale != 1.0
+            else int(rng.integers(lo_hi[b][0], lo_hi[b][1] + 1))
+        )
         img_of = rng.integers(1, len(train_imgs) + 1, size=n)
         for im in img_of.tolist():
             train_anns.append({"id": tid, "image_id": im, "category_id": c, "bbox": [1.0, 1.0, 8.0, 8.0], "area": 64.0})
             tid += 1
     train = {"images": train_imgs, "annotations": train_anns, "categories": [dict(c) for c in categories]}
-    gt = {"info": {"description": "simcal.evaluate generated case", "seed": seed}, "images": images,
-          "annotations": anns, "categories": categories}
+    gt = {
+        "info": {"description": "simcal.evaluate generated case", "seed": seed},
+        "images": images,
+        "annotations": anns,
+        "categories": categories,
+    }
     return gt, train, results

@@ -49,11 +49,15 @@ def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     doc = read_json(path, "a metrics json file", "pass a METRICS.json written by 'simcal evaluate --out'")
     if not isinstance(doc, dict) or not any(isinstance(doc.get(t), dict) for t in IOU_TYPES):
-        raise input_error(path, "has no 'bbox' or 'segm' metrics", "pass a METRICS.json written by 'simcal evaluate --out'")
+        raise input_error(
+            path, "has no 'bbox' or 'segm' metrics", "pass a METRICS.json written by 'simcal evaluate --out'"
+        )
     for t in IOU_TYPES:
         if t in doc and not all(isinstance(doc[t].get(k), (int, float)) for k in PAPER_COLUMNS):
             missing = next(k for k in PAPER_COLUMNS if not isinstance(doc[t].get(k), (int, float)))
-            raise input_error(path, f"'{t}' has no number for {missing}", "re-run 'simcal evaluate --out' to rewrite it")
+            raise input_error(
+                path, f"'{t}' has no number for {missing}", "re-run 'simcal evaluate --out' to rewrite it"
+            )
     return doc
 
 
@@ -77,7 +81,9 @@ def compare_table(docs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> s
     bins = {str(d.get("config", {}).get("bins", "?")) for d in docs}
     notes = []
     if len(caps) > 1:
-        notes.append(f"warning: the files use different detection caps ({', '.join(sorted(caps))}); their APs are not comparable")
+        notes.append(
+            f"warning: the files use different detection caps ({', '.join(sorted(caps))}); their APs are not comparable"
+        )
     if len(bins) > 1:
         notes.append(f"warning: the files use different bin schemes ({', '.join(sorted(bins))})")
     elif docs and _bins_note(docs[0].get("config", {})):

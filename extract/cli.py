@@ -19,27 +19,43 @@ def add_parser(sub) -> None:
         "always) and up to --bg-per-image background rows, drawn with a seeded generator. "
         "Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR). Output: "
         "CACHE.zarr, complete or absent, and CACHE.zarr.manifest.json (written last: what it was made "
-        "from); OUT.parts/ holds finished parts while running. Re-running the same command resumes; 'torchrun --nproc_per_node N -m simcal extract ...' splits the "
+        "from); OUT.parts/ holds finished parts while running. Re-running the same command resumes; "
+        "'torchrun --nproc_per_node N -m simcal extract ...' splits the "
         "work with an identical result.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint from 'simcal train'")
     add_dataset_args(p, "train")
     p.add_argument("--out", required=True, metavar="CACHE.zarr", help="output cache folder")
-    p.add_argument("--fg-per-gt", type=int, default=8,
-                   help="foreground rows per GT, the GT box included (default 8)")
-    p.add_argument("--bg-per-image", type=int, default=32,
-                   help="background rows per image and view (default 32: with 8 fg rows per GT, a 16-class "
-                   "bi-level batch reaches fg:bg = 1:1 from its own images' background)")
+    p.add_argument("--fg-per-gt", type=int, default=8, help="foreground rows per GT, the GT box included (default 8)")
+    p.add_argument(
+        "--bg-per-image",
+        type=int,
+        default=32,
+        help="background rows per image and view (default 32: with 8 fg rows per GT, a 16-class "
+        "bi-level batch reaches fg:bg = 1:1 from its own images' background)",
+    )
     p.add_argument("--fg-iou", type=float, default=0.5, help="foreground IoU threshold (default 0.5)")
     p.add_argument("--flip", action="store_true", help="also store a horizontally flipped view of every image")
-    p.add_argument("--bins", choices=tuple(BIN_EDGES), default="lvis",
-                   help="instance-count bin scheme recorded in the cache for per-bin reports (default lvis)")
-    p.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16",
-                   help="feature storage: float16, or int8 with a per-row scale (half the disk)")
+    p.add_argument(
+        "--bins",
+        choices=tuple(BIN_EDGES),
+        default="lvis",
+        help="instance-count bin scheme recorded in the cache for per-bin reports (default lvis)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=FEATURE_DTYPES,
+        default="float16",
+        help="feature storage: float16, or int8 with a per-row scale (half the disk)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
-    p.add_argument("--images-per-part", type=int, default=None,
-                   help="images per resumable part, whose rows are held in memory until written (default: "
-                   "about 256 MiB of features, e.g. 428 images for tiny, 107 for r50_fpn)")
+    p.add_argument(
+        "--images-per-part",
+        type=int,
+        default=None,
+        help="images per resumable part, whose rows are held in memory until written (default: "
+        "about 256 MiB of features, e.g. 428 images for tiny, 107 for r50_fpn)",
+    )
     add_seed_arg(p, "the row draws")
     p.add_argument("--workers", type=int, default=0, help="image-loading processes (default 0)")
     add_device_arg(p)
@@ -62,17 +78,29 @@ def add_parser(sub) -> None:
     )
     csub = c.add_subparsers(dest="cache_command", metavar="<cache command>")
     csub.required = True
-    i = csub.add_parser("info", help="summary of a cache", description="Rows, fg/bg, per-bin counts, size, "
-                        "fingerprints and completeness of a cache (markdown, or JSON with --json).")
+    i = csub.add_parser(
+        "info",
+        help="summary of a cache",
+        description="Rows, fg/bg, per-bin counts, size, "
+        "fingerprints and completeness of a cache (markdown, or JSON with --json).",
+    )
     i.add_argument("cache", metavar="CACHE")
     i.add_argument("--json", action="store_true")
-    v = csub.add_parser("verify", help="check a cache", description="Check that a cache is complete, its "
-                        "index agrees with its labels and images, and every value is finite. Exit 0 if so, "
-                        "else one sentence and exit 2.")
+    v = csub.add_parser(
+        "verify",
+        help="check a cache",
+        description="Check that a cache is complete, its "
+        "index agrees with its labels and images, and every value is finite. Exit 0 if so, "
+        "else one sentence and exit 2.",
+    )
     v.add_argument("cache", metavar="CACHE")
-    e = csub.add_parser("export", help="write an h5py copy", description="Copy a complete zarr cache into one "
-                        "HDF5 file with the same array names and attributes (the calibration reader accepts "
-                        "both). Written under a temporary name and renamed.")
+    e = csub.add_parser(
+        "export",
+        help="write an h5py copy",
+        description="Copy a complete zarr cache into one "
+        "HDF5 file with the same array names and attributes (the calibration reader accepts "
+        "both). Written under a temporary name and renamed.",
+    )
     e.add_argument("--format", choices=("h5",), default="h5")
     e.add_argument("cache", metavar="CACHE")
     e.add_argument("out", metavar="OUT.h5")
@@ -80,7 +108,8 @@ def add_parser(sub) -> None:
     def run_cache(args: argparse.Namespace) -> int:
         from simcal.extract import cache_tools
 
-        return {"info": cache_tools.run_info, "verify": cache_tools.run_verify,
-                "export": cache_tools.run_export}[args.cache_command](args)
+        return {"info": cache_tools.run_info, "verify": cache_tools.run_verify, "export": cache_tools.run_export}[
+            args.cache_command
+        ](args)
 
     c.set_defaults(func=run_cache)

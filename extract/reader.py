@@ -105,7 +105,8 @@ class FeatureReader:
             x = torch.from_numpy(self._read_store(rows))
         if self.scale is not None:
             x = x.float() * self.scale[idx.to(self.scale.device)][:, None]
-        if x.dtype != self.dtype:  # float16 -> bfloat16 through float32: the same numbers; torch's direct cast is slow on CPU
+        # float16 -> bfloat16 through float32: the same numbers; torch's direct cast is slow on CPU
+        if x.dtype != self.dtype:
             x = x.float().to(self.dtype)
         return x.to(self.device, non_blocking=True), labels.to(self.device)
 

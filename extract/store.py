@@ -88,7 +88,9 @@ def csr(keys: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
     return ptr, order
 
 
-def build_index(labels: np.ndarray, image_index: np.ndarray, num_images: int, num_classes: int) -> dict[str, np.ndarray]:
+def build_index(
+    labels: np.ndarray, image_index: np.ndarray, num_images: int, num_classes: int
+) -> dict[str, np.ndarray]:
     """The CSR index over classes 0..C (0 = background) and images."""
     image_row_ptr, _ = csr(image_index, num_images)
     class_row_ptr, class_rows = csr(labels.astype(np.int64), num_classes + 1)
@@ -121,15 +123,25 @@ def consolidate(
     paths = [part_path(out, p) for p in range(num_parts)]
     rows_per_image = np.concatenate([np.load(p)["rows_per_image"] for p in paths])
     with atomic_target(out) as tmp:
-        counts = _write_store(tmp, paths, rows_per_image, image_ids, dim, dtype, num_classes, attrs, head_weights,
-                              progress)
+        counts = _write_store(
+            tmp, paths, rows_per_image, image_ids, dim, dtype, num_classes, attrs, head_weights, progress
+        )
     shutil.rmtree(parts_dir(out), ignore_errors=True)
     return counts
 
 
-def _write_store(tmp: Path, paths: list[Path], rows_per_image: np.ndarray, image_ids: np.ndarray, dim: int,
-                 dtype: str, num_classes: int, attrs: dict[str, Any], head_weights: dict[str, np.ndarray],
-                 progress: Callable[[int], None] | None) -> dict[str, Any]:
+def _write_store(
+    tmp: Path,
+    paths: list[Path],
+    rows_per_image: np.ndarray,
+    image_ids: np.ndarray,
+    dim: int,
+    dtype: str,
+    num_classes: int,
+    attrs: dict[str, Any],
+    head_weights: dict[str, np.ndarray],
+    progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
     """Write the whole store at ``tmp`` (``complete`` last); returns the counts."""
     import zarr
 

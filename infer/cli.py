@@ -22,26 +22,43 @@ def add_parser(sub) -> None:
         "bound). Inputs: --checkpoint CKPT, --head-ckpt HEAD.pth, --data DIR --split val (or --ann/--images). "
         "Output: RESULTS.json and RESULTS.json.manifest.json (written last: variant, detector, data, "
         "resolved arguments); with --sweep VARIANTS.json, DIR/NAME/results.json per variant from one "
-        "backbone pass. Results already made for the same variant, detector and data are reused. torchrun shards images; the "
+        "backbone pass. Results already made for the same variant, detector and data are reused. "
+        "torchrun shards images; the "
         "merged output is identical.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint")
     p.add_argument("--head-ckpt", nargs="*", metavar="HEAD.pth", help="calibrated head from 'simcal calibrate'")
     p.add_argument("--mode", choices=tuple(MODES), default="sel", help="(default sel) " + describe(MODES))
-    p.add_argument("--T", type=float, default=300, help="sel only: classes with N_z <= T train instances use "
-                   "the calibrated head (paper Eq. 2; default 300); avg mixes every class and ignores T")
+    p.add_argument(
+        "--T",
+        type=float,
+        default=300,
+        help="sel only: classes with N_z <= T train instances use "
+        "the calibrated head (paper Eq. 2; default 300); avg mixes every class and ignores T",
+    )
     add_dataset_args(p, "val")
     p.add_argument("--out", required=True, metavar="RESULTS.json | DIR", help="results file (a folder with --sweep)")
-    p.add_argument("--max-dets", type=int, default=300, metavar="N",
-                   help="detections kept per image after NMS (default 300, the LVIS protocol)")
-    p.add_argument("--sweep", metavar="VARIANTS.json",
-                   help='score several variants in one pass: a JSON list of {"name": ..., and any of "mode", '
-                   '"head_ckpt", "T", "posthoc", "gamma", "props_gt", "max_dets"}; --out is then a folder')
+    p.add_argument(
+        "--max-dets",
+        type=int,
+        default=300,
+        metavar="N",
+        help="detections kept per image after NMS (default 300, the LVIS protocol)",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="VARIANTS.json",
+        help='score several variants in one pass: a JSON list of {"name": ..., and any of "mode", '
+        '"head_ckpt", "T", "posthoc", "gamma", "props_gt", "max_dets"}; --out is then a folder',
+    )
     p.add_argument("--posthoc", choices=tuple(POSTHOC), default="none", help="(default none) " + describe(POSTHOC))
     p.add_argument("--gamma", type=float, default=1.0, help="norcal / logit_adjust gamma, tau_norm tau (default 1)")
-    p.add_argument("--props-gt", action="store_true",
-                   help="diagnostic upper bound: a proposal with IoU >= 0.5 to a ground-truth box takes that "
-                   "box's class, scored by the detector's foreground confidence 1 - p_bg")
+    p.add_argument(
+        "--props-gt",
+        action="store_true",
+        help="diagnostic upper bound: a proposal with IoU >= 0.5 to a ground-truth box takes that "
+        "box's class, scored by the detector's foreground confidence 1 - p_bg",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
     add_device_arg(p)
 
