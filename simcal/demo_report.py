@@ -115,7 +115,7 @@ def timings_table(records: Sequence[dict[str, Any]]) -> list[str]:
     """The wall-clock table: one row per timing record, reused steps marked as the previous run's."""
     lines = ["| step | what | seconds | measured |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['what']} | {r['seconds']:.1f} | "
-              f"{'previous run (output reused)' if r['reused'] else 'this run'} |" for r in records]
+              f"{'earlier run (output reused)' if r['reused'] else 'this run'} |" for r in records]
     return lines
 
 
