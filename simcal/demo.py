@@ -8,8 +8,10 @@ methods) plus a short online-calibration reference -> one inference sweep on val
 rules) -> evaluate -> ``OUT/report.md`` with the paper's Tables 3-5 and Fig. 4 (PNG),
 ``OUT/summary.json``.
 
-Each step goes through the public ``simcal`` commands (in-process) and reuses its
-output when it is already complete, so a re-run is cheap and an interrupted run resumes.
+What runs is declared in ``simcal.demo_plan``; this module executes it, one function per
+step. Each step goes through the public ``simcal`` commands (in-process) and reuses its
+output when it is already complete (:func:`_done`), so a re-run is cheap and an
+interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -18,29 +20,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Training per preset. default: DESIGN.md §8.1's recipe at batch 8 (lr scaled to 0.01, 4000 iterations,
-#: about 5 epochs), which fits the ~10 minutes a 2-core CPU should take; quick is a smoke run.
-TRAIN_ITERS = {"default": 4000, "quick": 150}
-TRAIN_BATCH = {"default": 8, "quick": 8}
-TRAIN_LR = {"default": 0.01, "quick": 0.02}
-CAL_STEPS = {"default": 1000, "quick": 150}
-#: Fig. 4a step counts besides CAL_STEPS (0 = the detector's own classifier = the baseline).
-SWEEP_STEPS = {"default": (125, 250, 500, 2000), "quick": (50, 300)}
-#: Steps of the online (detector-forward) calibration that measures the cache's speed-up.
-ONLINE_STEPS = {"default": 100, "quick": 10}
-#: Fig. 4c boundaries (the paper varies T from 10 to 1000; 3000 covers every class here).
-T_VALUES = (10, 30, 100, 300, 1000, 3000)
-#: Table 4: (run name, label, sampler, loss).
-DECOUPLED = (("decoupled_cm", "CM (margin loss)", "random", "margin"),
-             ("decoupled_lr", "LR (loss re-weighting)", "random", "reweight"),
-             ("decoupled_fl", "FL (focal loss)", "random", "focal"),
-             ("decoupled_is", "IS (repeat-factor sampling)", "repeat_factor", "ce"))
-OTHER_HEADS = ("2fc_rand", "3fc_rand", "2fc_ncm")
-STEP_NAMES = ("data (synthesize)", "train baseline", "extract train cache", "extract val cache", "calibrate",
-              "infer val", "evaluate")
+from simcal import demo_plan
+from simcal.demo_plan import PRESETS, Plan, Preset
 
 
 def add_parser(sub) -> None:
@@ -56,9 +41,10 @@ def add_parser(sub) -> None:
         "inference variant, OUT/report.md with PNG figures, OUT/summary.json, OUT/config.json. "
         "Existing complete outputs are reused.",
     )
+    sizes = "; ".join(f"{name}: {q.benchmark}, {q.train_iters} training iterations at batch {q.train_batch}, "
+                      f"{q.calibration_steps} calibration steps" for name, q in PRESETS.items())
     p.add_argument("--preset", choices=("quick", "default"), default="default",
-                   help="benchmark and training size (default: default, under 20 min on 2 CPU cores; "
-                   "quick: a smoke run of under 3 minutes)")
+                   help=f"benchmark and training size (default: default). {sizes}")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed for data, training and calibration (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -75,167 +61,218 @@ def _simcal(*argv: Any) -> None:
         raise InputError(f"'simcal {' '.join(map(str, argv))}' failed with exit code {rc}")
 
 
-def _head_name(head: str, sampler: str, loss: str, steps: int, seed: int) -> str:
-    """The file name ``simcal calibrate --sweep`` gives a configuration."""
-    return f"{head}_{sampler}_{loss}_s{steps}_seed{seed}.pth"
+def _done(path: Path, newer_than: Path | None = None) -> bool:
+    """Whether a step's output ``path`` is complete: it exists (and is not older than ``newer_than``).
+
+    Every reuse decision of the demo goes through here; the commands also reuse their own outputs.
+    """
+    if not path.exists():
+        return False
+    return newer_than is None or path.stat().st_mtime >= newer_than.stat().st_mtime
 
 
-def plan_runs(preset: str, seed: int, heads: Path, cap: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """The calibration grid, the inference variants and the report's figure layout, for one preset."""
-    steps = CAL_STEPS[preset]
-    grid = [{"head": ["3fc_ft", *OTHER_HEADS]}, {"steps": list(SWEEP_STEPS[preset])},
-            *[{"sampler": [s], "loss": [l]} for _, _, s, l in DECOUPLED]]
-    main = str(heads / _head_name("3fc_ft", "bilevel", "ce", steps, seed))
+@dataclass
+class _Timings:
+    """``summary.json``'s wall-clock records: ``{"step", "what", "seconds", "reused"}`` per piece of work.
 
-    def head(h: str = "3fc_ft", sampler: str = "bilevel", loss: str = "ce", n: int = steps) -> str:
-        return str(heads / _head_name(h, sampler, loss, n, seed))
+    Work done now is timed; work whose output is reused keeps the previous run's record for the same
+    (step, what), marked reused, if there is one.
+    """
 
-    # baseline and dual_sel keep LVIS's 300 detections (the report's second table); every other variant
-    # stops at the benchmark cap: same detections at that cap, a fraction of the mask cost
-    variants = [{"name": "baseline"}, {"name": "dual_sel", "mode": "sel", "head": main},
-                {"name": "calibrated", "mode": "cal", "head": main, "max_dets": cap},
-                {"name": "dual_avg", "mode": "avg", "head": main, "max_dets": cap}]
-    variants += [{"name": f"head_{h}", "mode": "sel", "head": head(h), "max_dets": cap} for h in OTHER_HEADS]
-    variants += [{"name": f"steps_{n}", "mode": "cal", "head": head(n=n), "max_dets": cap}
-                 for n in SWEEP_STEPS[preset]]
-    variants += [{"name": f"T_{t}", "mode": "sel", "head": main, "T": t, "max_dets": cap} for t in T_VALUES if t != 300]
-    variants += [{"name": name, "mode": "sel", "head": head(sampler=s, loss=l), "max_dets": cap}
-                 for name, _, s, l in DECOUPLED]
-    variants += [{"name": "props_gt", "props_gt": True, "max_dets": cap}]
-    variants += [{"name": p, "posthoc": p, "gamma": 1.0, "max_dets": cap}
-                 for p in ("norcal", "logit_adjust", "tau_norm")]
-    all_steps = sorted({*SWEEP_STEPS[preset], steps})
-    layout = {
-        "main_head": main,
-        "steps": all_steps,
-        "step_key": lambda n: "calibrated" if n == steps else f"steps_{n}",
-        "Ts": list(T_VALUES),
-        "T_key": lambda t: "dual_sel" if t == 300 else f"T_{t}",
-        "decoupled": [(name, label) for name, label, _, _ in DECOUPLED],
-    }
-    return grid, variants, layout
+    previous: list[dict[str, Any]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, summary: Path) -> _Timings:
+        try:
+            previous = json.loads(summary.read_text())["timings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = []
+        return cls([r for r in previous if isinstance(r, dict)] if isinstance(previous, list) else [])
+
+    def start(self, step: str, message: str) -> float:
+        print(f"[demo] {step}: {message}", file=sys.stderr)
+        return time.perf_counter()
+
+    def record(self, step: str, what: str, t0: float, ran: bool) -> None:
+        if ran:
+            self.records.append({"step": step, "what": what, "seconds": round(time.perf_counter() - t0, 1),
+                                 "reused": False})
+            return
+        old = next((r for r in self.previous if (r.get("step"), r.get("what")) == (step, what)), None)
+        if old is not None:
+            self.records.append({**old, "reused": True})
 
 
-def run(args: argparse.Namespace) -> int:
-    from simcal.data.annotations import load_annotations
+def _write_config(out: Path, args: argparse.Namespace, preset: Preset) -> None:
     from simcal.data.cli import write_json_atomic
+
+    write_json_atomic(out / "config.json",
+                      {"command": "demo", **{k: v for k, v in vars(args).items() if k != "func"},
+                       "train_iters": preset.train_iters, "train_batch": preset.train_batch,
+                       "train_lr": preset.train_lr, "calibration_steps": preset.calibration_steps,
+                       "sweep_steps": preset.sweep_steps, "online_steps": preset.online_steps,
+                       "T_values": demo_plan.T_VALUES},
+                      indent=2)
+
+
+def _data(out: Path, args: argparse.Namespace, clock: _Timings) -> Path:
+    """The synthetic benchmark and its train-distribution plot; returns the benchmark folder."""
+    from simcal.data.annotations import load_annotations
     from simcal.data.plots import plot_instance_distribution
     from simcal.data.statistics import dataset_summary
     from simcal.data.synthetic import synthesize
-    from simcal.demo_report import checks, write_report
-    from simcal.detector.distributed import resolve_device
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json",
-                      {"command": "demo", **{k: v for k, v in vars(args).items() if k != "func"},
-                       "train_iters": TRAIN_ITERS[args.preset], "train_batch": TRAIN_BATCH[args.preset],
-                       "train_lr": TRAIN_LR[args.preset], "calibration_steps": CAL_STEPS[args.preset],
-                       "sweep_steps": SWEEP_STEPS[args.preset], "online_steps": ONLINE_STEPS[args.preset],
-                       "T_values": T_VALUES},
-                      indent=2)
-    timings: dict[str, float] = {}
-    try:  # keep the wall-clock of steps a previous run did and this one reuses
-        previous = json.loads((out / "summary.json").read_text())["timings"]
-        timings.update({k: v for k, v in previous.items() if k.startswith(STEP_NAMES)})
-    except (OSError, ValueError, KeyError):
-        pass
-
-    def step(name: str, what: str) -> float:
-        print(f"[demo] {name}: {what}", file=sys.stderr)
-        return time.perf_counter()
-
-    t = step("data", f"synthesize preset {args.preset}")
+    what = f"synthesize preset {args.preset}"
+    t0 = clock.start("data", what)
     data, created = synthesize(out / "data", args.preset, args.seed)
-    if created:
-        timings["data (synthesize)"] = time.perf_counter() - t
-    train_ann = data / "annotations" / "train.json"
-    val_ann = data / "annotations" / "val.json"
-    summary_stats = dataset_summary(load_annotations(train_ann))
-    plot_instance_distribution(summary_stats, out / "train_instances.png")
+    clock.record("data", what, t0, ran=created)
+    stats = dataset_summary(load_annotations(data / "annotations" / "train.json"))
+    plot_instance_distribution(stats, out / "train_instances.png")
+    return data
 
+
+def _train(out: Path, data: Path, args: argparse.Namespace, preset: Preset, clock: _Timings) -> Path:
+    """The baseline tiny detector; returns its checkpoint."""
     ckpt = out / "baseline_tiny.pth"
-    t = step("train", f"baseline tiny detector -> {ckpt}")
-    if not ckpt.exists():
-        _simcal("train", "--data", data, "--arch", "tiny", "--iters", TRAIN_ITERS[args.preset],
-                "--batch-size", TRAIN_BATCH[args.preset], "--lr", TRAIN_LR[args.preset], "--seed", args.seed,
+    what = "baseline tiny detector"
+    t0 = clock.start("train", f"{what} -> {ckpt}")
+    ran = not _done(ckpt)
+    if ran:
+        _simcal("train", "--data", data, "--arch", "tiny", "--iters", preset.train_iters,
+                "--batch-size", preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed,
                 "--out", ckpt, "--resume", "--device", args.device)
-        timings["train baseline"] = time.perf_counter() - t
     else:
         print(f"[demo] reusing {ckpt}", file=sys.stderr)
+    clock.record("train", what, t0, ran)
+    return ckpt
 
-    dev = ["--device", args.device]
-    # train: what calibration reads; val: what scores the calibration sweep before any inference
+
+def _extract(out: Path, ckpt: Path, data: Path, args: argparse.Namespace, clock: _Timings) -> None:
+    """OUT/train.zarr (what calibration reads) and OUT/val.zarr (what scores the sweep before any inference)."""
     for split in ("train", "val"):
         path = out / f"{split}.zarr"
-        t = step("extract", f"{split} feature cache -> {path}")
-        existed = path.exists()
-        _simcal("extract", "--checkpoint", ckpt, "--data", data, "--split", split, "--out", path, *dev)
-        if not existed:
-            timings[f"extract {split} cache"] = time.perf_counter() - t
-    cache, val_cache = out / "train.zarr", out / "val.zarr"
+        what = demo_plan.EXTRACT_WHAT.format(split=split)
+        t0 = clock.start("extract", f"{what} -> {path}")
+        ran = not _done(path)
+        _simcal("extract", "--checkpoint", ckpt, "--data", data, "--split", split, "--out", path,
+                "--device", args.device)
+        clock.record("extract", what, t0, ran)
 
-    caps = {"benchmark": int(load_annotations(val_ann).info.get("max_dets_per_image", 300)), "lvis": 300}
+
+def _calibrate(out: Path, plan: Plan, args: argparse.Namespace, clock: _Timings) -> list[dict[str, Any]]:
+    """The calibration sweep from the train cache, scored on the val cache; returns its result rows."""
+    from simcal.data.cli import write_json_atomic
+
     heads = out / "heads"
-    grid, variants, layout = plan_runs(args.preset, args.seed, heads, caps["benchmark"])
     heads.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(heads / "grid.json", grid, indent=2)
-    t = step("calibrate", f"sweep of {len(grid)} grids from the cache -> {heads}")
-    fresh = not Path(layout["main_head"]).exists()
-    _simcal("calibrate", "--cache", cache, "--sweep", heads / "grid.json", "--eval-cache", val_cache, "--head",
-            "3fc_ft", "--steps", CAL_STEPS[args.preset], "--seed", args.seed, "--out", heads, *dev)
+    write_json_atomic(heads / "grid.json", plan.grid, indent=2)
+    t0 = clock.start("calibrate", f"sweep of {len(plan.grid)} grids from the cache -> {heads}")
+    ran = not _done(Path(plan.main_head))
+    _simcal("calibrate", "--cache", out / "train.zarr", "--sweep", heads / "grid.json", "--eval-cache",
+            out / "val.zarr", "--head", demo_plan.MAIN_HEAD, "--steps", plan.preset.calibration_steps,
+            "--seed", args.seed, "--out", heads, "--device", args.device)
     rows = json.loads((heads / "results.json").read_text())
-    if fresh:
-        timings[f"calibrate sweep ({len(rows)} heads, cache)"] = time.perf_counter() - t
-    online = heads / "online_3fc_ft.pth"
-    t = step("calibrate", f"online reference, {ONLINE_STEPS[args.preset]} steps -> {online}")
-    if not online.exists():
-        _simcal("calibrate", "--source", "online", "--checkpoint", ckpt, "--data", data, "--head", "3fc_ft",
-                "--steps", ONLINE_STEPS[args.preset], "--seed", args.seed, "--out", online, *dev)
-        timings["calibrate online reference"] = time.perf_counter() - t
-    main_row = next(r for r in rows if r["head_file"] == layout["main_head"])
-    online_row = json.loads(online.with_name(online.name + ".row.json").read_text())
-    speed = {"cache_steps_per_s": main_row["steps_per_s"], "online_steps_per_s": online_row["steps_per_s"],
-             "online_steps": ONLINE_STEPS[args.preset],
-             "speedup": round(main_row["steps_per_s"] / online_row["steps_per_s"], 1)}
+    clock.record("calibrate", f"sweep of {len(rows)} heads from the train cache", t0, ran)
+    return rows
+
+
+def _calibrate_online(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespace,
+                      clock: _Timings) -> dict[str, Any]:
+    """A short online (detector-forward) calibration of the main head; returns its steps/s row."""
+    online = out / "heads" / f"online_{demo_plan.MAIN_HEAD}.pth"
+    n = plan.preset.online_steps
+    what = f"online reference, {n} steps"
+    t0 = clock.start("calibrate", f"{what} -> {online}")
+    ran = not _done(online)
+    if ran:
+        _simcal("calibrate", "--source", "online", "--checkpoint", ckpt, "--data", data, "--head",
+                demo_plan.MAIN_HEAD, "--steps", n, "--seed", args.seed, "--out", online, "--device", args.device)
+    clock.record("calibrate", what, t0, ran)
+    return json.loads(online.with_name(online.name + ".row.json").read_text())
+
+
+def _speed(rows: list[dict[str, Any]], online_row: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """Calibration steps/s from the cache vs. with a detector forward every step."""
+    main_row = next(r for r in rows if r["head_file"] == plan.main_head)
+    return {"cache_steps_per_s": main_row["steps_per_s"], "online_steps_per_s": online_row["steps_per_s"],
+            "online_steps": plan.preset.online_steps,
+            "speedup": round(main_row["steps_per_s"] / online_row["steps_per_s"], 1)}
+
+
+def _infer(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespace, clock: _Timings) -> Path:
+    """Every inference variant on val in one pass; returns OUT/infer."""
+    from simcal.data.cli import write_json_atomic
 
     infer_dir = out / "infer"
     infer_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(infer_dir / "variants.json", variants, indent=2)
-    t = step("infer", f"{len(variants)} variants on val in one pass -> {infer_dir}")
-    missing = [v["name"] for v in variants if not (infer_dir / v["name"] / "results.json").exists()]
+    write_json_atomic(infer_dir / "variants.json", plan.variants, indent=2)
+    what = f"{len(plan.variants)} variants on val, one pass"
+    t0 = clock.start("infer", f"{len(plan.variants)} variants on val in one pass -> {infer_dir}")
+    ran = not all(_done(infer_dir / v["name"] / "results.json") for v in plan.variants)
     _simcal("infer", "--checkpoint", ckpt, "--data", data, "--split", "val", "--sweep", infer_dir / "variants.json",
-            "--out", infer_dir, *dev)
-    if missing:
-        timings[f"infer val ({len(variants)} variants, one pass)"] = time.perf_counter() - t
+            "--out", infer_dir, "--device", args.device)
+    clock.record("infer", what, t0, ran)
+    return infer_dir
 
-    t = step("evaluate", f"{len(variants)} result files")
+
+def _evaluate(infer_dir: Path, data: Path, plan: Plan, clock: _Timings) -> dict[str, Any]:
+    """Box and mask metrics of every planned evaluation; returns them by summary key."""
+    ann = data / "annotations"
+    what = f"{len(plan.evaluations)} metric files, box and mask"
+    t0 = clock.start("evaluate", f"{len(plan.variants)} result files")
     summary: dict[str, Any] = {}
-    evaluated = 0
-    for v in variants:
-        d = infer_dir / v["name"]
-        evals = [("", [])] + ([("_300", ["--max-dets", "300"])] if v.get("max_dets", 300) == 300 else [])
-        for suffix, cap in evals:
-            metrics = d / f"metrics{suffix}.json"
-            if not metrics.exists() or metrics.stat().st_mtime < (d / "results.json").stat().st_mtime:
-                _simcal("evaluate", "--gt", val_ann, "--results", d / "results.json", "--train-ann", train_ann,
-                        "--iou-type", "both", "--out", metrics, *cap)
-                evaluated += 1
-            summary[v["name"] + suffix] = json.loads(metrics.read_text())
-    if evaluated:
-        timings[f"evaluate ({evaluated} files, box and mask)"] = time.perf_counter() - t
-    summary["head_3fc_ft"] = summary["dual_sel"]  # the main head is the 3fc_ft run of Fig. 4b
-    summary["timings"] = timings
-    summary["calibration_speed"] = speed
-    summary["config"] = {"preset": args.preset, "seed": args.seed, "calibration_steps": CAL_STEPS[args.preset],
-                         "caps": caps, "device": str(resolve_device(args.device)),
-                         "calibration_sweep": rows}
+    ran = False
+    for key, name, cap in plan.evaluations:
+        results = infer_dir / name / "results.json"
+        metrics = infer_dir / name / ("metrics.json" if cap is None else f"metrics_{cap}.json")
+        if not _done(metrics, newer_than=results):
+            _simcal("evaluate", "--gt", ann / "val.json", "--results", results, "--train-ann", ann / "train.json",
+                    "--iou-type", "both", "--out", metrics, *([] if cap is None else ["--max-dets", cap]))
+            ran = True
+        summary[key] = json.loads(metrics.read_text())
+    clock.record("evaluate", what, t0, ran)
+    summary.update({alias: summary[key] for alias, key in demo_plan.ALIASES.items()})
+    return summary
+
+
+def _report(out: Path, summary: dict[str, Any], plan: Plan) -> None:
+    """OUT/summary.json, OUT/report.md and its figures; prints the report."""
+    from simcal.data.cli import write_json_atomic
+    from simcal.demo_report import checks, write_report
+
     summary["checks"] = {what: ok for what, ok, _ in checks(summary)}
     write_json_atomic(out / "summary.json", summary, indent=2)
-    report = write_report(out, summary, layout)
+    report = write_report(out, summary, plan.layout)
     tmp = out / "report.md.tmp"
     tmp.write_text(report)
     tmp.replace(out / "report.md")
     print(report)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simcal.data.annotations import load_annotations
+    from simcal.detector.distributed import resolve_device
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    preset = PRESETS[args.preset]
+    _write_config(out, args, preset)
+    clock = _Timings.load(out / "summary.json")
+    data = _data(out, args, clock)
+    ckpt = _train(out, data, args, preset, clock)
+    _extract(out, ckpt, data, args, clock)
+    val_info = load_annotations(data / "annotations" / "val.json").info
+    caps = {"benchmark": int(val_info.get("max_dets_per_image", demo_plan.LVIS_CAP)), "lvis": demo_plan.LVIS_CAP}
+    plan = demo_plan.build(args.preset, args.seed, out / "heads", caps["benchmark"])
+    rows = _calibrate(out, plan, args, clock)
+    speed = _speed(rows, _calibrate_online(out, data, ckpt, plan, args, clock), plan)
+    infer_dir = _infer(out, data, ckpt, plan, args, clock)
+    summary = _evaluate(infer_dir, data, plan, clock)
+    summary["timings"] = clock.records
+    summary["calibration_speed"] = speed
+    summary["config"] = {"preset": args.preset, "seed": args.seed, "calibration_steps": preset.calibration_steps,
+                         "caps": caps, "device": str(resolve_device(args.device)), "calibration_sweep": rows}
+    _report(out, summary, plan)
     return 0

@@ -2,7 +2,9 @@
 
 Every number comes from a metrics file ``simcal evaluate`` wrote; this module only lays
 them out. ``summary`` maps a run name to ``{"bbox": metrics, "segm": metrics, "config": ...}``
-(metrics are fractions; tables print percentages).
+(metrics are fractions; tables print percentages); ``summary["timings"]`` is a list of
+``{"step", "what", "seconds", "reused"}`` records. Which runs feed which table and figure is
+``simcal.demo_plan.Layout``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from simcal.demo_plan import EXTRACT_WHAT, Layout
 
 BINS = ("AP1", "AP2", "AP3", "AP4")
 
@@ -102,13 +106,26 @@ def checks(summary: dict[str, Any]) -> list[tuple[str, bool, str]]:
     ]
 
 
-def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> str:
-    """``OUT/report.md`` (returned as text) and its PNG figures, from the evaluated runs."""
+def _seconds(summary: dict[str, Any], step: str, what: str) -> float:
+    """The seconds of a timing record of ``summary`` (NaN if there is none)."""
+    return next((r["seconds"] for r in summary["timings"] if (r["step"], r["what"]) == (step, what)), float("nan"))
+
+
+def timings_table(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The wall-clock table: one row per timing record, reused steps marked as the previous run's."""
+    lines = ["| step | what | seconds | measured |", "|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['what']} | {r['seconds']:.1f} | "
+              f"{'earlier run (output reused)' if r['reused'] else 'this run'} |" for r in records]
+    return lines
+
+
+def write_report(out: Path, summary: dict[str, Any], layout: Layout) -> str:
+    """``OUT/report.md`` (returned as text) and its PNG figures, from the evaluated runs and ``layout``."""
     from simcal.calibrate.calibrate import results_table
     from simcal.evaluate.tables import compare_table
 
-    def table(keys: Sequence[str], labels: Sequence[str]) -> str:
-        return compare_table([summary[k] for k in keys], labels)
+    def table(rows: Sequence[tuple[str, str]]) -> str:
+        return compare_table([summary[k] for k, _ in rows], [lab for _, lab in rows])
 
     def mask_rows(rows: Sequence[tuple[str, str]], first: str = "run") -> list[str]:
         cols = (*BINS, "APr", "APc", "APf", "AP")
@@ -117,14 +134,9 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         return lines
 
     cfg, caps, speed = summary["config"], summary["config"]["caps"], summary["calibration_speed"]
-    steps = [0, *plan["steps"]]
-    step_keys = ["baseline", *[plan["step_key"](n) for n in plan["steps"]]]
-    plot_steps(summary, steps, step_keys, out / "fig4a_steps.png")
-    head_keys = ["baseline", "head_2fc_ncm", "head_2fc_rand", "head_3fc_rand", "head_3fc_ft"]
-    head_labels = ["baseline", "2fc_ncm", "2fc_rand", "3fc_rand", "3fc_ft"]
-    plot_heads(summary, head_keys, head_labels, out / "fig4b_heads.png")
-    t_keys = [plan["T_key"](t) for t in plan["Ts"]]
-    plot_T(summary, plan["Ts"], t_keys, out / "fig4c_T.png")
+    plot_steps(summary, [n for _, n in layout.fig4a], [k for k, _ in layout.fig4a], out / "fig4a_steps.png")
+    plot_heads(summary, [k for k, _ in layout.fig4b], [lab for _, lab in layout.fig4b], out / "fig4b_heads.png")
+    plot_T(summary, [t for _, t in layout.fig4c], [k for k, _ in layout.fig4c], out / "fig4c_T.png")
 
     lines = [
         "# SimCal demo report",
@@ -136,7 +148,7 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         f"`3fc_ft` head, {cfg['calibration_steps']} steps, seed {cfg['seed']} unless a row says otherwise. "
         "Dual head: paper Eq. 2 with T = 300. "
         f"Every table is at the benchmark's cap of {caps['benchmark']} detections per image "
-        f"(300 x C / 1230, DESIGN.md §8.1: the competition for slots LVIS has with 1,230 classes) "
+        f"(300 x C / 1230, docs/design.md §8.1: the competition for slots LVIS has with 1,230 classes) "
         f"except the one headed {caps['lvis']}, LVIS's cap.",
         "",
         "## Checks",
@@ -147,11 +159,11 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "",
         "## Table 3: baseline, calibrated, dual head",
         "",
-        table(["baseline", "calibrated", "dual_sel"], ["baseline", "calibrated (3fc_ft)", "dual head (sel)"]),
+        table(layout.table3),
         "",
         "## Table 5: combining the two heads",
         "",
-        table(["dual_sel", "dual_avg"], ["sel (Eq. 2)", "avg"]),
+        table(layout.table5),
         "",
         "## Fig. 4a: calibration steps",
         "",
@@ -160,7 +172,7 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "",
         "![Fig. 4a](fig4a_steps.png)",
         "",
-        *mask_rows([(k, str(n)) for k, n in zip(step_keys, steps)], "steps"),
+        *mask_rows([(k, str(n)) for k, n in layout.fig4a], "steps"),
         "",
         "## Fig. 4b: calibration head",
         "",
@@ -170,13 +182,13 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "",
         "![Fig. 4b](fig4b_heads.png)",
         "",
-        *mask_rows(list(zip(head_keys, head_labels)), "head"),
+        *mask_rows(layout.fig4b, "head"),
         "",
         "## Fig. 4c: head/tail boundary T",
         "",
         "![Fig. 4c](fig4c_T.png)",
         "",
-        *mask_rows([(k, f"T = {t:g}") for k, t in zip(t_keys, plan["Ts"])], "T"),
+        *mask_rows([(k, f"T = {t:g}") for k, t in layout.fig4c], "T"),
         "",
         "## Table 4: the decoupled scheme with other long-tail methods",
         "",
@@ -184,8 +196,7 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "head (sel), as in the paper: CM = class-aware margin loss (random sampling), LR = loss re-weighting "
         "(random), FL = focal loss (random), IS = image-level repeat-factor sampling (t = 0.001, CE).",
         "",
-        table([k for k, _ in plan["decoupled"]] + ["dual_sel"], [lab for _, lab in plan["decoupled"]] +
-              ["bi-level sampling (SimCal)"]),
+        table(layout.table4),
         "",
         "## Upper bound and post-hoc baselines",
         "",
@@ -194,15 +205,14 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "the original head without training, gamma = tau = 1 (not tuned): NorCal (p_z / N_z, background kept, "
         "renormalised), logit adjustment (l_z - log prior_z), tau-norm (classifier rows / ||W_z||).",
         "",
-        table(["baseline", "props_gt", "norcal", "logit_adjust", "tau_norm", "dual_sel"],
-              ["baseline", "props-gt (upper bound)", "NorCal", "logit adjustment", "tau-norm", "SimCal dual head"]),
+        table(layout.upper_bound),
         "",
         f"## Baseline and dual head at LVIS's cap of {caps['lvis']} per image",
         "",
         "With 300 slots for 42 classes the tail detections of the baseline survive too, so the gap narrows "
-        "(DESIGN.md §8.1); the other runs are kept at the benchmark cap only.",
+        "(docs/design.md §8.1); the other runs are kept at the benchmark cap only.",
         "",
-        table(["baseline_300", "dual_sel_300"], ["baseline", "dual head (sel)"]),
+        table(layout.at_lvis_cap),
         "",
         "## Calibration from the cache vs. from the detector",
         "",
@@ -210,7 +220,7 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         f"{speed['cache_steps_per_s']:.1f} steps/s from the cache, {speed['online_steps_per_s']:.1f} steps/s "
         f"with a frozen detector forward every step (the paper's/released code's way, "
         f"{speed['online_steps']} steps): **{speed['speedup']:.1f}x**. The cache cost "
-        f"{summary['timings'].get('extract train cache', float('nan')):.0f} s to extract once.",
+        f"{_seconds(summary, 'extract', EXTRACT_WHAT.format(split='train')):.0f} s to extract once.",
         "",
         "## The calibration sweep's cheap signal: proposal accuracy on the val cache",
         "",
@@ -221,9 +231,7 @@ def write_report(out: Path, summary: dict[str, Any], plan: dict[str, Any]) -> st
         "",
         "## Wall-clock (this machine)",
         "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()],
+        *timings_table(summary["timings"]),
         "",
     ]
     return "\n".join(lines) + "\n"

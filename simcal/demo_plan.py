@@ -1,0 +1,147 @@
+"""What ``simcal demo`` runs: presets, the calibration grid, the inference variants, the report layout.
+
+Declarations only; :func:`build` spells them out for one preset (file and variant names, cap),
+and ``simcal.demo`` executes the result. Imports nothing heavy (``simcal demo --help`` reads it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one ``--preset``: the synthetic benchmark of the same name, training, calibration."""
+
+    benchmark: str  # what ``simcal data synthesize`` makes for this preset (for --help)
+    train_iters: int
+    train_batch: int
+    train_lr: float
+    calibration_steps: int
+    sweep_steps: tuple[int, ...]  # Fig. 4a step counts besides calibration_steps
+    online_steps: int  # online (detector-forward) calibration that measures the cache's speed-up
+
+
+#: default: docs/design.md §8.1's recipe at batch 8 (lr scaled to 0.01, 4000 iterations, about 5 epochs);
+#: quick: a smoke run.
+PRESETS: dict[str, Preset] = {
+    "default": Preset("42 classes, 128-px images", 4000, 8, 0.01, 1000, (125, 250, 500, 2000), 100),
+    "quick": Preset("12 classes, 64-px images", 150, 8, 0.02, 150, (50, 300), 10),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A Table-4 long-tail method: the 3fc_ft head retrained with another sampler or loss."""
+
+    name: str
+    label: str
+    sampler: str
+    loss: str
+
+
+#: The main calibration: head, sampler, loss (steps and seed come from the preset and --seed).
+MAIN_HEAD, MAIN_SAMPLER, MAIN_LOSS = "3fc_ft", "bilevel", "ce"
+#: Fig. 4b: the other calibration heads.
+OTHER_HEADS = ("2fc_rand", "3fc_rand", "2fc_ncm")
+#: Table 4.
+DECOUPLED = (Method("decoupled_cm", "CM (margin loss)", "random", "margin"),
+             Method("decoupled_lr", "LR (loss re-weighting)", "random", "reweight"),
+             Method("decoupled_fl", "FL (focal loss)", "random", "focal"),
+             Method("decoupled_is", "IS (repeat-factor sampling)", "repeat_factor", "ce"))
+#: Fig. 4c boundaries (the paper varies T from 10 to 1000; 3000 covers every class here). MAIN_T is the
+#: dual head's own T, i.e. the ``dual_sel`` variant.
+T_VALUES = (10, 30, 100, 300, 1000, 3000)
+MAIN_T = 300
+#: Post-hoc rules, each re-scoring the original head with gamma = 1.
+POSTHOC = ("norcal", "logit_adjust", "tau_norm")
+#: LVIS's detections per image. Variants without a cap keep it and are evaluated at both caps.
+LVIS_CAP = 300
+#: Runs of the summary that are another run under a second name (the main head is Fig. 4b's 3fc_ft).
+ALIASES = {"head_3fc_ft": "dual_sel"}
+
+#: The report's tables: (summary key, label) rows.
+TABLE3 = (("baseline", "baseline"), ("calibrated", "calibrated (3fc_ft)"), ("dual_sel", "dual head (sel)"))
+TABLE5 = (("dual_sel", "sel (Eq. 2)"), ("dual_avg", "avg"))
+FIG4B = (("baseline", "baseline"), ("head_2fc_ncm", "2fc_ncm"), ("head_2fc_rand", "2fc_rand"),
+         ("head_3fc_rand", "3fc_rand"), ("head_3fc_ft", "3fc_ft"))
+TABLE4 = (*((m.name, m.label) for m in DECOUPLED), ("dual_sel", "bi-level sampling (SimCal)"))
+UPPER_BOUND = (("baseline", "baseline"), ("props_gt", "props-gt (upper bound)"), ("norcal", "NorCal"),
+               ("logit_adjust", "logit adjustment"), ("tau_norm", "tau-norm"), ("dual_sel", "SimCal dual head"))
+AT_LVIS_CAP = ((f"baseline_{LVIS_CAP}", "baseline"), (f"dual_sel_{LVIS_CAP}", "dual head (sel)"))
+#: The ``what`` of the feature-cache extraction's timing record (the report cites the train cache's).
+EXTRACT_WHAT = "{split} feature cache"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which runs feed which table and figure: (summary key, label) rows, (summary key, x) points."""
+
+    table3: tuple[tuple[str, str], ...]
+    table5: tuple[tuple[str, str], ...]
+    fig4a: tuple[tuple[str, int], ...]  # calibration steps; 0 = the detector's own classifier
+    fig4b: tuple[tuple[str, str], ...]
+    fig4c: tuple[tuple[str, int], ...]  # head/tail boundary T
+    table4: tuple[tuple[str, str], ...]
+    upper_bound: tuple[tuple[str, str], ...]
+    at_lvis_cap: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One preset spelled out: what to calibrate, infer and evaluate, and how the report lays it out."""
+
+    preset: Preset
+    grid: list[dict[str, list]]  # ``simcal calibrate --sweep`` grids
+    main_head: str  # the head file the sweep makes for the main calibration
+    variants: list[dict[str, Any]]  # ``simcal infer --sweep`` variants
+    evaluations: tuple[tuple[str, str, int | None], ...]  # (summary key, variant, --max-dets or None)
+    layout: Layout
+
+
+def head_name(head: str, sampler: str, loss: str, steps: int, seed: int) -> str:
+    """The file name ``simcal calibrate --sweep`` gives a configuration."""
+    return f"{head}_{sampler}_{loss}_s{steps}_seed{seed}.pth"
+
+
+def build(preset_name: str, seed: int, heads: Path, cap: int) -> Plan:
+    """The plan for one preset; ``heads`` is the sweep's folder, ``cap`` the benchmark's detections per image."""
+    p = PRESETS[preset_name]
+
+    def head(h: str = MAIN_HEAD, sampler: str = MAIN_SAMPLER, loss: str = MAIN_LOSS,
+             n: int = p.calibration_steps) -> str:
+        return str(heads / head_name(h, sampler, loss, n, seed))
+
+    grid = [{"head": [MAIN_HEAD, *OTHER_HEADS]}, {"steps": list(p.sweep_steps)},
+            *[{"sampler": [m.sampler], "loss": [m.loss]} for m in DECOUPLED]]
+    main = head()
+    # baseline and dual_sel keep LVIS's 300 detections (the report's second table); every other variant
+    # stops at the benchmark cap: same detections at that cap, a fraction of the mask cost
+    variants = [{"name": "baseline"}, {"name": "dual_sel", "mode": "sel", "head": main},
+                {"name": "calibrated", "mode": "cal", "head": main, "max_dets": cap},
+                {"name": "dual_avg", "mode": "avg", "head": main, "max_dets": cap}]
+    variants += [{"name": f"head_{h}", "mode": "sel", "head": head(h), "max_dets": cap} for h in OTHER_HEADS]
+    variants += [{"name": f"steps_{n}", "mode": "cal", "head": head(n=n), "max_dets": cap} for n in p.sweep_steps]
+    variants += [{"name": f"T_{t}", "mode": "sel", "head": main, "T": t, "max_dets": cap}
+                 for t in T_VALUES if t != MAIN_T]
+    variants += [{"name": m.name, "mode": "sel", "head": head(sampler=m.sampler, loss=m.loss), "max_dets": cap}
+                 for m in DECOUPLED]
+    variants += [{"name": "props_gt", "props_gt": True, "max_dets": cap}]
+    variants += [{"name": r, "posthoc": r, "gamma": 1.0, "max_dets": cap} for r in POSTHOC]
+    # every variant at the benchmark cap; those that keep LVIS's cap also at that cap, as NAME_300
+    evaluations = []
+    for v in variants:
+        evaluations.append((v["name"], v["name"], None))
+        if v.get("max_dets", LVIS_CAP) == LVIS_CAP:
+            evaluations.append((f"{v['name']}_{LVIS_CAP}", v["name"], LVIS_CAP))
+    steps = sorted({*p.sweep_steps, p.calibration_steps})
+    layout = Layout(
+        table3=TABLE3, table5=TABLE5,
+        fig4a=(("baseline", 0), *(("calibrated" if n == p.calibration_steps else f"steps_{n}", n) for n in steps)),
+        fig4b=FIG4B,
+        fig4c=tuple(("dual_sel" if t == MAIN_T else f"T_{t}", t) for t in T_VALUES),
+        table4=TABLE4, upper_bound=UPPER_BOUND, at_lvis_cap=AT_LVIS_CAP,
+    )
+    return Plan(p, grid, main, variants, tuple(evaluations), layout)
