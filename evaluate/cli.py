@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
             "Inputs: --gt VAL.json --results RESULTS.json --train-ann TRAIN.json.\n"
             "Output: a markdown table in percent (AP1 AP2 AP3 AP4 APr APc APf AP) on stdout;\n"
             "with --out, METRICS.json = {\"bbox\": {...}, \"segm\": {...}, \"config\": {...}}\n"
-            "(fractions, -1 for an empty group); with --per-class, per-category AP as CSV.\n"
+            "(fractions, -1 for an empty group) and METRICS.json.manifest.json (what it was\n"
+            "made from: a re-run on the same files reuses it); with --per-class, per-category\n"
+            "AP as CSV.\n"
             "Bad input: one sentence on stderr, exit code 2.\n\n"
             "Compare mode: simcal evaluate --compare A.json B.json ... prints metric files\n"
             "side by side (the paper's Table-3 layout). See docs/evaluate.md."
@@ -74,7 +76,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from simcal.core.errors import InputError
 
     if args.compare:
@@ -89,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
     from simcal.core.atomic import write_json, write_text
+    from simcal.core.manifest import completed, fingerprint_file, write_manifest
     from simcal.data.annotations import load_annotations
     from simcal.evaluate.evaluator import default_iou_types, evaluate_results
     from simcal.evaluate.inputs import read_results, resolve_max_dets
-    from simcal.evaluate.tables import metrics_table, per_class_csv
+    from simcal.evaluate.tables import load_metrics, metrics_table, per_class_csv
 
     gt = load_annotations(args.gt)
     max_dets, source = resolve_max_dets(args.max_dets, gt)
@@ -107,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(iou_types)}; backend: {args.backend}",
         file=sys.stderr,
     )
+    identity = {"gt": gt.fingerprint, "train": train.fingerprint, "results": fingerprint_file(args.results),
+                "iou_types": list(iou_types), "bins": args.bins, "backend": args.backend, "max_dets": max_dets}
+    if args.out and not args.per_class and completed(args.out, "evaluate", identity):
+        print(metrics_table(load_metrics(args.out)))
+        print(f"\n{args.out} already holds these metrics; nothing to do.", file=sys.stderr)
+        return 0
     report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
     report.config["max_dets_source"] = source
     for w in report.warnings:
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     print(metrics_table(doc))
     if args.out:
         write_json(args.out, doc, indent=1)
+        write_manifest(args.out, "evaluate", identity)
         print(f"\nwrote {args.out}", file=sys.stderr)
     if args.per_class:
         write_text(args.per_class, per_class_csv(report.per_class))

@@ -17,7 +17,6 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simcal import demo_plan
+from simcal.core.cli_args import add_device_arg, add_seed_arg
 from simcal.demo_plan import PRESETS, Plan, Preset
 
 
@@ -37,38 +37,40 @@ def add_parser(sub) -> None:
         "baselines, stage wall-clock and the cache-vs-online calibration speed-up. Inputs: none (the "
         "benchmark is generated, deterministic by --seed). Outputs: OUT/data (the benchmark), "
         "OUT/baseline_tiny.pth (the detector), OUT/{train,val}.zarr (feature caches), OUT/heads/ (calibration "
-        "sweep: one head per configuration, results.md with proposal accuracy on the val cache), OUT/infer/NAME/{results,metrics}.json per "
+        "sweep: one head per configuration, results.md with proposal accuracy on the val cache), "
+        "OUT/infer/NAME/{results,metrics}.json per "
         "inference variant, OUT/report.md with PNG figures, OUT/summary.json, OUT/config.json. "
         "Existing complete outputs are reused.",
     )
     sizes = "; ".join(f"{name}: {q.benchmark}, {q.train_iters} training iterations at batch {q.train_batch}, "
                       f"{q.calibration_steps} calibration steps" for name, q in PRESETS.items())
-    p.add_argument("--preset", choices=("quick", "default"), default="default",
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help=f"benchmark and training size (default: default). {sizes}")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for data, training and calibration (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_seed_arg(p, "the data, training and calibration")
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 
 def _simcal(*argv: Any) -> None:
     """Run one pipeline command in-process, as a user would from the shell."""
     from simcal.cli import main
-    from simcal.data.errors import InputError
+    from simcal.core.errors import InputError
 
     rc = main([str(a) for a in argv])
     if rc != 0:
         raise InputError(f"'simcal {' '.join(map(str, argv))}' failed with exit code {rc}")
 
 
-def _done(path: Path, newer_than: Path | None = None) -> bool:
-    """Whether a step's output ``path`` is complete: it exists (and is not older than ``newer_than``).
+def _done(path: Path) -> bool:
+    """Whether a step's output ``path`` is complete: its command wrote it and then, last, its manifest.
 
-    Every reuse decision of the demo goes through here; the commands also reuse their own outputs.
+    The demo runs every command again anyway (each reuses an output made from the same inputs,
+    :mod:`simcal.core.manifest`); this only decides what the timing records call reused.
     """
-    if not path.exists():
-        return False
-    return newer_than is None or path.stat().st_mtime >= newer_than.stat().st_mtime
+    from simcal.core.manifest import read_manifest
+
+    return path.exists() and read_manifest(path) is not None
 
 
 @dataclass
@@ -84,10 +86,10 @@ class _Timings:
 
     @classmethod
     def load(cls, summary: Path) -> _Timings:
-        try:
-            previous = json.loads(summary.read_text())["timings"]
-        except (OSError, ValueError, KeyError, TypeError):
-            previous = []
+        from simcal.core.jsonio import read_json_or_none
+
+        doc = read_json_or_none(summary)
+        previous = doc.get("timings", []) if isinstance(doc, dict) else []
         return cls([r for r in previous if isinstance(r, dict)] if isinstance(previous, list) else [])
 
     def start(self, step: str, message: str) -> float:
@@ -105,9 +107,9 @@ class _Timings:
 
 
 def _write_config(out: Path, args: argparse.Namespace, preset: Preset) -> None:
-    from simcal.data.cli import write_json_atomic
+    from simcal.core.atomic import write_json
 
-    write_json_atomic(out / "config.json",
+    write_json(out / "config.json",
                       {"command": "demo", **{k: v for k, v in vars(args).items() if k != "func"},
                        "train_iters": preset.train_iters, "train_batch": preset.train_batch,
                        "train_lr": preset.train_lr, "calibration_steps": preset.calibration_steps,
@@ -138,12 +140,9 @@ def _train(out: Path, data: Path, args: argparse.Namespace, preset: Preset, cloc
     what = "baseline tiny detector"
     t0 = clock.start("train", f"{what} -> {ckpt}")
     ran = not _done(ckpt)
-    if ran:
-        _simcal("train", "--data", data, "--arch", "tiny", "--iters", preset.train_iters,
-                "--batch-size", preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed,
-                "--out", ckpt, "--resume", "--device", args.device)
-    else:
-        print(f"[demo] reusing {ckpt}", file=sys.stderr)
+    _simcal("train", "--data", data, "--arch", "tiny", "--iters", preset.train_iters,
+            "--batch-size", preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed,
+            "--out", ckpt, "--resume", "--device", args.device)
     clock.record("train", what, t0, ran)
     return ckpt
 
@@ -162,17 +161,18 @@ def _extract(out: Path, ckpt: Path, data: Path, args: argparse.Namespace, clock:
 
 def _calibrate(out: Path, plan: Plan, args: argparse.Namespace, clock: _Timings) -> list[dict[str, Any]]:
     """The calibration sweep from the train cache, scored on the val cache; returns its result rows."""
-    from simcal.data.cli import write_json_atomic
+    from simcal.core.atomic import write_json
+    from simcal.core.jsonio import read_json
 
     heads = out / "heads"
     heads.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(heads / "grid.json", plan.grid, indent=2)
+    write_json(heads / "grid.json", plan.grid, indent=2)
     t0 = clock.start("calibrate", f"sweep of {len(plan.grid)} grids from the cache -> {heads}")
     ran = not _done(Path(plan.main_head))
     _simcal("calibrate", "--cache", out / "train.zarr", "--sweep", heads / "grid.json", "--eval-cache",
             out / "val.zarr", "--head", demo_plan.MAIN_HEAD, "--steps", plan.preset.calibration_steps,
             "--seed", args.seed, "--out", heads, "--device", args.device)
-    rows = json.loads((heads / "results.json").read_text())
+    rows = read_json(heads / "results.json")
     clock.record("calibrate", f"sweep of {len(rows)} heads from the train cache", t0, ran)
     return rows
 
@@ -180,16 +180,17 @@ def _calibrate(out: Path, plan: Plan, args: argparse.Namespace, clock: _Timings)
 def _calibrate_online(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespace,
                       clock: _Timings) -> dict[str, Any]:
     """A short online (detector-forward) calibration of the main head; returns its steps/s row."""
+    from simcal.core.manifest import read_manifest
+
     online = out / "heads" / f"online_{demo_plan.MAIN_HEAD}.pth"
     n = plan.preset.online_steps
     what = f"online reference, {n} steps"
     t0 = clock.start("calibrate", f"{what} -> {online}")
     ran = not _done(online)
-    if ran:
-        _simcal("calibrate", "--source", "online", "--checkpoint", ckpt, "--data", data, "--head",
-                demo_plan.MAIN_HEAD, "--steps", n, "--seed", args.seed, "--out", online, "--device", args.device)
+    _simcal("calibrate", "--source", "online", "--checkpoint", ckpt, "--data", data, "--head",
+            demo_plan.MAIN_HEAD, "--steps", n, "--seed", args.seed, "--out", online, "--device", args.device)
     clock.record("calibrate", what, t0, ran)
-    return json.loads(online.with_name(online.name + ".row.json").read_text())
+    return read_manifest(online)["record"]["row"]
 
 
 def _speed(rows: list[dict[str, Any]], online_row: dict[str, Any], plan: Plan) -> dict[str, Any]:
@@ -202,11 +203,11 @@ def _speed(rows: list[dict[str, Any]], online_row: dict[str, Any], plan: Plan) -
 
 def _infer(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespace, clock: _Timings) -> Path:
     """Every inference variant on val in one pass; returns OUT/infer."""
-    from simcal.data.cli import write_json_atomic
+    from simcal.core.atomic import write_json
 
     infer_dir = out / "infer"
     infer_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(infer_dir / "variants.json", plan.variants, indent=2)
+    write_json(infer_dir / "variants.json", plan.variants, indent=2)
     what = f"{len(plan.variants)} variants on val, one pass"
     t0 = clock.start("infer", f"{len(plan.variants)} variants on val in one pass -> {infer_dir}")
     ran = not all(_done(infer_dir / v["name"] / "results.json") for v in plan.variants)
@@ -218,6 +219,8 @@ def _infer(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespa
 
 def _evaluate(infer_dir: Path, data: Path, plan: Plan, clock: _Timings) -> dict[str, Any]:
     """Box and mask metrics of every planned evaluation; returns them by summary key."""
+    from simcal.core.jsonio import read_json
+
     ann = data / "annotations"
     what = f"{len(plan.evaluations)} metric files, box and mask"
     t0 = clock.start("evaluate", f"{len(plan.variants)} result files")
@@ -226,11 +229,10 @@ def _evaluate(infer_dir: Path, data: Path, plan: Plan, clock: _Timings) -> dict[
     for key, name, cap in plan.evaluations:
         results = infer_dir / name / "results.json"
         metrics = infer_dir / name / ("metrics.json" if cap is None else f"metrics_{cap}.json")
-        if not _done(metrics, newer_than=results):
-            _simcal("evaluate", "--gt", ann / "val.json", "--results", results, "--train-ann", ann / "train.json",
-                    "--iou-type", "both", "--out", metrics, *([] if cap is None else ["--max-dets", cap]))
-            ran = True
-        summary[key] = json.loads(metrics.read_text())
+        ran = ran or not _done(metrics)
+        _simcal("evaluate", "--gt", ann / "val.json", "--results", results, "--train-ann", ann / "train.json",
+                "--iou-type", "both", "--out", metrics, *([] if cap is None else ["--max-dets", cap]))
+        summary[key] = read_json(metrics)
     clock.record("evaluate", what, t0, ran)
     summary.update({alias: summary[key] for alias, key in demo_plan.ALIASES.items()})
     return summary
@@ -238,22 +240,20 @@ def _evaluate(infer_dir: Path, data: Path, plan: Plan, clock: _Timings) -> dict[
 
 def _report(out: Path, summary: dict[str, Any], plan: Plan) -> None:
     """OUT/summary.json, OUT/report.md and its figures; prints the report."""
-    from simcal.data.cli import write_json_atomic
+    from simcal.core.atomic import write_json, write_text
     from simcal.demo_report import checks, write_report
 
     summary["checks"] = {what: ok for what, ok, _ in checks(summary)}
-    write_json_atomic(out / "summary.json", summary, indent=2)
+    write_json(out / "summary.json", summary, indent=2)
     report = write_report(out, summary, plan.layout)
-    tmp = out / "report.md.tmp"
-    tmp.write_text(report)
-    tmp.replace(out / "report.md")
+    write_text(out / "report.md", report)
     print(report)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    from simcal.core.device import resolve_device
     from simcal.data.annotations import load_annotations
-    from simcal.detector.distributed import resolve_device
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

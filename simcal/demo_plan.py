@@ -119,14 +119,14 @@ def build(preset_name: str, seed: int, heads: Path, cap: int) -> Plan:
     main = head()
     # baseline and dual_sel keep LVIS's 300 detections (the report's second table); every other variant
     # stops at the benchmark cap: same detections at that cap, a fraction of the mask cost
-    variants = [{"name": "baseline"}, {"name": "dual_sel", "mode": "sel", "head": main},
-                {"name": "calibrated", "mode": "cal", "head": main, "max_dets": cap},
-                {"name": "dual_avg", "mode": "avg", "head": main, "max_dets": cap}]
-    variants += [{"name": f"head_{h}", "mode": "sel", "head": head(h), "max_dets": cap} for h in OTHER_HEADS]
-    variants += [{"name": f"steps_{n}", "mode": "cal", "head": head(n=n), "max_dets": cap} for n in p.sweep_steps]
-    variants += [{"name": f"T_{t}", "mode": "sel", "head": main, "T": t, "max_dets": cap}
+    variants = [{"name": "baseline"}, {"name": "dual_sel", "mode": "sel", "head_ckpt": main},
+                {"name": "calibrated", "mode": "cal", "head_ckpt": main, "max_dets": cap},
+                {"name": "dual_avg", "mode": "avg", "head_ckpt": main, "max_dets": cap}]
+    variants += [{"name": f"head_{h}", "mode": "sel", "head_ckpt": head(h), "max_dets": cap} for h in OTHER_HEADS]
+    variants += [{"name": f"steps_{n}", "mode": "cal", "head_ckpt": head(n=n), "max_dets": cap} for n in p.sweep_steps]
+    variants += [{"name": f"T_{t}", "mode": "sel", "head_ckpt": main, "T": t, "max_dets": cap}
                  for t in T_VALUES if t != MAIN_T]
-    variants += [{"name": m.name, "mode": "sel", "head": head(sampler=m.sampler, loss=m.loss), "max_dets": cap}
+    variants += [{"name": m.name, "mode": "sel", "head_ckpt": head(sampler=m.sampler, loss=m.loss), "max_dets": cap}
                  for m in DECOUPLED]
     variants += [{"name": "props_gt", "props_gt": True, "max_dets": cap}]
     variants += [{"name": r, "posthoc": r, "gamma": 1.0, "max_dets": cap} for r in POSTHOC]

@@ -13,13 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from simcal.core.atomic import save_png
+from simcal.core.formatting import pct
 from simcal.demo_plan import EXTRACT_WHAT, Layout
 
 BINS = ("AP1", "AP2", "AP3", "AP4")
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or x < 0 else f"{100 * x:.1f}"
 
 
 def _plt():
@@ -32,11 +30,7 @@ def _plt():
 
 
 def _save(fig, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    os.replace(tmp, out)
-    return out
+    return save_png(out, fig, bbox_inches="tight")
 
 
 def _plot_lines(summary: dict[str, Any], xs: Sequence[float], keys: Sequence[str], xlabel: str, title: str,
@@ -130,7 +124,7 @@ def write_report(out: Path, summary: dict[str, Any], layout: Layout) -> str:
     def mask_rows(rows: Sequence[tuple[str, str]], first: str = "run") -> list[str]:
         cols = (*BINS, "APr", "APc", "APf", "AP")
         lines = [f"| {first} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        lines += [f"| {lab} | " + " | ".join(_pct(summary[k]["segm"].get(c)) for c in cols) + " |" for k, lab in rows]
+        lines += [f"| {lab} | " + " | ".join(pct(summary[k]["segm"].get(c)) for c in cols) + " |" for k, lab in rows]
         return lines
 
     cfg, caps, speed = summary["config"], summary["config"]["caps"], summary["calibration_speed"]

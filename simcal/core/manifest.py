@@ -43,6 +43,15 @@ def fingerprint(obj: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()
 
 
+def fingerprint_file(path: str | os.PathLike, block: int = 2**20) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 def write_manifest(out: str | os.PathLike, command: str, identity: dict[str, Any],
                    record: dict[str, Any] | None = None) -> Path:
     """Mark ``out`` complete for ``identity``; call only after ``out`` itself is in place."""
