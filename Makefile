@@ -11,7 +11,7 @@ PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.
           lvis==0.5.3 pycocotools==2.0.11 faster-coco-eval==1.8.0 tqdm==4.70.1 \
           matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# everything but the tests marked slow (the demo, torchrun, kill -9 / resume)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache
