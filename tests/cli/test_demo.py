@@ -11,7 +11,7 @@ from tests.helpers import run_simcal
 def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     """--preset quick end to end: every report section and summary key, figures as PNG, reuse on re-run."""
     out = tmp_path / "demo"
-    r = run_simcal("demo", "--preset", "quick", "--out", out)
+    r = run_simcal("demo", "--preset", "quick", "--out", out, timeout=1800)  # a hang guard, not a budget
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report.md").read_text()
     for section in ("## Checks", "## Table 3", "## Table 5", "## Fig. 4a", "## Fig. 4b", "## Fig. 4c", "## Table 4",
