@@ -4,7 +4,7 @@ import json
 from collections import Counter
 
 import numpy as np
-from conftest import run_simcal, write_json
+from tests.helpers import write_json
 
 from simcal.data import instance_bin, load_annotations
 from simcal.data.coco_lt import exponential_targets, sample_coco_lt
@@ -58,10 +58,10 @@ def test_sampler_follows_targets_and_is_deterministic(tmp_path):
     assert sample_coco_lt(ann, seed=2, **kw)[0]["images"] != doc["images"]
 
 
-def test_coco_lt_cli_writes_loadable_file(tmp_path):
+def test_coco_lt_cli_writes_loadable_file(tmp_path, cli):
     src = write_json(tmp_path / "coco.json", _coco_fixture(n_images=800, n_classes=10))
     out = tmp_path / "lt" / "coco_lt.json"
-    r = run_simcal("data", "coco-lt", "--coco", src, "--out", out, "--keep-head", "2", "--n-high", "300",
+    r = cli("data", "coco-lt", "--coco", src, "--out", out, "--keep-head", "2", "--n-high", "300",
                    "--n-low", "3")
     assert r.returncode == 0, r.stderr
     assert "COCO-LT bins" in r.stdout

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_simcal
 
 from simcal.calibrate.heads import build_head
 from simcal.calibrate.samplers import CacheIndex, build_sampler
@@ -13,6 +12,7 @@ from simcal.calibrate.trainer import CalibConfig, load_head, train_head
 from simcal.data.statistics import instance_bin
 from simcal.detector.checkpoint import load_checkpoint
 from simcal.extract.schema import Cache
+from tests.helpers import run_simcal
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,9 @@ def test_random_sampler_follows_the_long_tail(index, train_cache):
     assert per_bin_cb[1] == pytest.approx(per_bin_cb[4], rel=0.25)  # 3 classes each: balanced
 
 
-def test_sample_only_stats(quick_caches, tmp_path):
+def test_sample_only_stats(quick_caches, tmp_path, cli):
     out = tmp_path / "stats.json"
-    r = run_simcal("calibrate", "--cache", quick_caches["train"], "--sample-only", "--steps", "50", "--stats", out,
+    r = cli("calibrate", "--cache", quick_caches["train"], "--sample-only", "--steps", "50", "--stats", out,
                    "--out", tmp_path / "unused.pth")
     assert r.returncode == 0, r.stderr
     s = json.loads(out.read_text())
@@ -93,7 +93,7 @@ def test_heads_build_and_3fc_ft_starts_as_the_detector(train_cache, quick_detect
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path):
+def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path, cli):
     cfg = CalibConfig(head="2fc_rand", steps=30, seed=3)
     a, _ = train_head(train_cache, cfg)
     b, _ = train_head(train_cache, cfg)
@@ -102,7 +102,7 @@ def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path):
         assert torch.equal(v, b.state_dict()[k])
     assert not torch.equal(a.state_dict()["cls_score.weight"], c.state_dict()["cls_score.weight"])
     out = tmp_path / "h.pth"
-    r = run_simcal("calibrate", "--cache", train_cache.path, "--head", "3fc_ft", "--steps", "40", "--out", out)
+    r = cli("calibrate", "--cache", train_cache.path, "--head", "3fc_ft", "--steps", "40", "--out", out)
     assert r.returncode == 0, r.stderr
     head, ck = load_head(out)
     assert ck["head"] == "3fc_ft" and ck["steps"] == 40 and ck["detector_fingerprint"].startswith("sha256:")
@@ -146,11 +146,11 @@ def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache
     assert torch.nn.functional.cosine_similarity(moved32.flatten(), moved16.flatten(), dim=0) > 0.95
 
 
-def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path):
+def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path, cli):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"head": ["3fc_ft", "2fc_rand"], "steps": [20]}))
     out = tmp_path / "sweep"
-    r = run_simcal("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--eval-cache",
+    r = cli("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--eval-cache",
                    quick_caches["val"], "--out", out)
     assert r.returncode == 0, r.stderr
     rows = json.loads((out / "results.json").read_text())
@@ -160,44 +160,47 @@ def test_sweep_writes_heads_and_a_table(quick_caches, tmp_path):
     assert "| head | sampler |" in (out / "results.md").read_text()
 
 
-def test_sweep_of_several_grids_runs_their_union_once_and_resumes(quick_caches, tmp_path):
+def test_sweep_of_several_grids_runs_their_union_once_and_resumes(quick_caches, tmp_path, cli):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps([{"head": ["linear", "2fc_rand"]}, {"sampler": ["random"], "loss": ["focal", "ce"]},
                                 {"head": ["linear"]}]))
     out = tmp_path / "sweep"
     argv = ("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--head", "linear", "--steps", "5",
             "--out", out)
-    r = run_simcal(*argv)
+    r = cli(*argv)
     assert r.returncode == 0, r.stderr
     rows = json.loads((out / "results.json").read_text())
     assert [(x["head"], x["sampler"], x["loss"]) for x in rows] == [
         ("linear", "bilevel", "ce"), ("2fc_rand", "bilevel", "ce"), ("linear", "random", "focal"),
         ("linear", "random", "ce")]
     before = (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns
-    r = run_simcal(*argv)
+    r = cli(*argv)
     assert r.returncode == 0 and r.stderr.count("reusing") == 4, r.stderr
     assert (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text()) == rows
 
 
-def test_bad_calibration_input_is_refused(quick_caches, tmp_path):
+def test_bad_calibration_input_is_refused(quick_caches, tmp_path, cli):
     cache = quick_caches["train"]
     for argv, msg in (
         (["--steps", "0"], "steps must be a positive integer"),
         (["--sample-only"], "--sample-only needs --stats"),
         (["--source", "online"], "--source online needs --checkpoint CKPT and --data DIR"),
     ):
-        r = run_simcal("calibrate", "--cache", cache, "--out", tmp_path / "h.pth", *argv)
+        r = cli("calibrate", "--cache", cache, "--out", tmp_path / "h.pth", *argv)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
     grid = tmp_path / "bad.json"
     grid.write_text(json.dumps({"head": ["5fc"]}))
-    r = run_simcal("calibrate", "--cache", cache, "--sweep", grid, "--out", tmp_path / "s")
+    r = cli("calibrate", "--cache", cache, "--sweep", grid, "--out", tmp_path / "s")
     assert r.returncode == 2 and "unknown head '5fc'" in r.stderr
-    r = run_simcal("calibrate", "--cache", tmp_path / "missing.zarr", "--out", tmp_path / "h.pth")
+    r = run_simcal("calibrate", "--cache", tmp_path / "missing.zarr", "--out", tmp_path / "h.pth")  # real exit path
     assert r.returncode == 2 and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal calibrate: error: ")
+    assert not (tmp_path / "h.pth").exists() and not (tmp_path / "s").exists()
 
 
-def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector, quick_bench, tmp_path):
+def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector, quick_bench, tmp_path, cli):
     """The cache is a faithful stand-in for the detector: both heads score val proposals alike.
 
     Tolerance 0.15 per bin: the two sources draw different proposals (online: 512 fresh RoIs
@@ -210,7 +213,7 @@ def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector
         out = tmp_path / f"{source}.pth"
         extra = (["--cache", quick_caches["train"]] if source == "cache" else
                  ["--source", "online", "--checkpoint", quick_detector, "--data", quick_bench])
-        r = run_simcal("calibrate", *extra, "--steps", "150", "--eval-cache", quick_caches["val"], "--out", out)
+        r = cli("calibrate", *extra, "--steps", "150", "--eval-cache", quick_caches["val"], "--out", out)
         assert r.returncode == 0, r.stderr
         rows[source] = json.loads((tmp_path / f"{source}.pth.eval.json").read_text())
     for key in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc"):

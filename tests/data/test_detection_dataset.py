@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import write_json
+from tests.helpers import write_json
 from PIL import Image
 
 from simcal.data import InputError, load_annotations

@@ -4,9 +4,10 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import FIXTURES, run_simcal, write_json
+from tests.helpers import FIXTURES, write_json
 
 from simcal.data import category_statistics, frequency_of, instance_bin, load_annotations
+from simcal.data.statistics import bin_labels
 
 
 def test_frequency_rule_reproduces_lvis_v1_split():
@@ -21,10 +22,21 @@ def test_frequency_rule_reproduces_lvis_v1_split():
     "scheme,count,expected",
     [("lvis", 0, 1), ("lvis", 9, 1), ("lvis", 10, 2), ("lvis", 99, 2), ("lvis", 100, 3), ("lvis", 999, 3),
      ("lvis", 1000, 4), ("coco-lt", 19, 1), ("coco-lt", 20, 2), ("coco-lt", 399, 2), ("coco-lt", 400, 3),
-     ("coco-lt", 7999, 3), ("coco-lt", 8000, 4)],
+     ("coco-lt", 7999, 3), ("coco-lt", 8000, 4), ("lvis", 1, 1), ("lvis", 11, 2), ("lvis", 10**6, 4),
+     ("coco-lt", 0, 1), ("coco-lt", 21, 2), ("coco-lt", 401, 3), ("coco-lt", 10**6, 4)],
 )
 def test_instance_bin_edges(scheme, count, expected):
+    """The one test of the bin edges (data statistics and the evaluator's AP1-AP4 share instance_bin)."""
     assert instance_bin(count, scheme) == expected
+    if scheme == "lvis":
+        assert instance_bin(count) == expected  # lvis is the default scheme
+
+
+def test_bin_labels_and_unknown_scheme():
+    assert bin_labels("lvis") == {1: "<10", 2: "10-100", 3: "100-1000", 4: ">=1000"}
+    assert bin_labels("coco-lt") == {1: "<20", 2: "20-400", 3: "400-8000", 4: ">=8000"}
+    with pytest.raises(ValueError, match="unknown bin scheme 'coco'"):
+        instance_bin(5, "coco")
 
 
 def test_frequency_edges():
@@ -46,10 +58,10 @@ def test_category_statistics_counts_from_annotations(tmp_path, tiny_doc):
         1200, 200, "f", 4)
 
 
-def test_stats_json_and_plot(tmp_path, tiny_doc):
+def test_stats_json_and_plot(tmp_path, tiny_doc, cli):
     path = write_json(tmp_path / "a.json", tiny_doc)
     png = tmp_path / "plots" / "dist.png"
-    r = run_simcal("data", "stats", "--ann", path, "--json", "--plot", png)
+    r = cli("data", "stats", "--ann", path, "--json", "--plot", png)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["num_images"] == 3 and doc["num_instances"] == 4
@@ -60,9 +72,9 @@ def test_stats_json_and_plot(tmp_path, tiny_doc):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stats_table_and_coco_lt_bins(tmp_path, tiny_doc):
+def test_stats_table_and_coco_lt_bins(tmp_path, tiny_doc, cli):
     path = write_json(tmp_path / "a.json", tiny_doc)
-    r = run_simcal("data", "stats", "--ann", path, "--bins", "coco-lt")
+    r = cli("data", "stats", "--ann", path, "--bins", "coco-lt")
     assert r.returncode == 0, r.stderr
     assert "| instance bin (coco-lt) | 1 (<20) | 2 (20-400) | 3 (400-8000) | 4 (>=8000) |" in r.stdout
     assert "| 3 | apple | 3 | 2 | r | 1 |" in r.stdout

@@ -7,19 +7,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
-from conftest import run_simcal
 
 from simcal.detector.checkpoint import load_checkpoint
+from tests.helpers import call_main, run_simcal
 
 FAST = ["--arch", "tiny", "--batch-size", "2", "--warmup", "2", "--log-every", "1"]
 
 
-def _train(bench, out, *extra):
-    return run_simcal("train", "--data", bench, "--out", out, *FAST, *extra)
+def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path, cli):
+    def _train(bench, out, *extra):
+        return cli("train", "--data", bench, "--out", out, *FAST, *extra)
 
-
-def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path):
     out = tmp_path / "tiny.pth"
     r = _train(quick_bench, out, "--iters", "4", "--checkpoint-every", "2", "--sampler", "repeat-factor", "--rfs-t", "0.1",
                "--cls-loss", "reweight")
@@ -41,10 +41,12 @@ def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path):
     assert clash.returncode == 2 and "already exists" in clash.stderr and "Traceback" not in clash.stderr
 
 
-def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path):
-    args = ["--iters", "10", "--checkpoint-every", "2"]
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path, cli):
+    # killed once the first resume point (iteration 2) is on disk, resumed for the other two
+    args = ["--iters", "4", "--checkpoint-every", "2"]
     ref = tmp_path / "ref.pth"
-    assert _train(quick_bench, ref, *args).returncode == 0
+    assert call_main("train", "--data", quick_bench, "--out", ref, *FAST, *args) == 0
     out = tmp_path / "killed.pth"
     resume = tmp_path / "killed.pth.resume.pth"
     p = subprocess.Popen([sys.executable, "-m", "simcal", "train", "--data", str(quick_bench), "--out", str(out),
@@ -55,13 +57,14 @@ def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert resume.exists() and not out.exists()
-    r = _train(quick_bench, out, *args, "--resume")
+    r = cli("train", "--data", quick_bench, "--out", out, *FAST, *args, "--resume")
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stderr
     a, b = torch.load(ref, weights_only=True), torch.load(out, weights_only=True)
     assert a["detector_fingerprint"] == b["detector_fingerprint"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo(quick_bench, tmp_path):
     out = tmp_path / "ddp.pth"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}
@@ -75,10 +78,15 @@ def test_torchrun_two_process_gloo(quick_bench, tmp_path):
     assert json.loads((tmp_path / "ddp.pth.config.json").read_text())["world_size"] == 2
 
 
-def test_bad_training_input_is_one_sentence(tmp_path, quick_bench):
+def test_bad_training_input_is_one_sentence(tmp_path, quick_bench, cli):
+    # the real exit-code path of 'simcal train', through a process; the other refusals run in-process
     r = run_simcal("train", "--data", tmp_path / "nothing", "--out", tmp_path / "x.pth")
     assert r.returncode == 2 and "has no annotations/train.json" in r.stderr and "Traceback" not in r.stderr
-    r = run_simcal("train", "--out", tmp_path / "x.pth")
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal train: error: ")
+    r = cli("train", "--out", tmp_path / "x.pth")
     assert r.returncode == 2 and "no training data given" in r.stderr
-    r = run_simcal("train", "--data", quick_bench, "--out", tmp_path / "x.pth", "--backbone-weights", "w.pth")
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("train", "--data", quick_bench, "--out", tmp_path / "x.pth", "--backbone-weights", "w.pth")
     assert r.returncode == 2 and "applies to --arch r50_fpn only" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pth").exists()

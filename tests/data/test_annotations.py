@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import run_simcal, write_json
+from tests.helpers import run_simcal, write_json
 
 from simcal.data import CategoryMapping, InputError, load_annotations
 
@@ -71,7 +71,7 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_file_is_one_sentence_and_exit_2(tmp_path, tiny_doc, case):
+def test_bad_file_is_one_sentence_and_exit_2(tmp_path, tiny_doc, cli, case):
     mutate, expected = BAD_CASES[case]
     path = tmp_path / f"{case}.json"
     if mutate is None:
@@ -81,7 +81,7 @@ def test_bad_file_is_one_sentence_and_exit_2(tmp_path, tiny_doc, case):
         write_json(path, out if case == "not_object" else tiny_doc)
     with pytest.raises(InputError, match=re.escape(expected)):
         load_annotations(path)
-    r = run_simcal("data", "stats", "--ann", path)
+    r = cli("data", "stats", "--ann", path)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -91,5 +91,9 @@ def test_bad_file_is_one_sentence_and_exit_2(tmp_path, tiny_doc, case):
 
 
 def test_missing_file_is_exit_2(tmp_path):
+    """The real exit-code path of 'simcal data' (a subprocess); the refusals above run in-process."""
     r = run_simcal("data", "stats", "--ann", tmp_path / "nope.json")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simcal data: error: ") and str(tmp_path / "nope.json") in lines[0]
+    assert r.stdout == ""

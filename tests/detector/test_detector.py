@@ -85,7 +85,26 @@ def test_loss_hook_replaces_only_the_classifier_loss():
     assert results["ce"] == pytest.approx(results["builtin"], rel=1e-5)
     assert results["focal"]["loss_classifier"] < results["ce"]["loss_classifier"]
     assert results["focal"]["loss_box_reg"] == pytest.approx(results["ce"]["loss_box_reg"], rel=1e-5)
-    assert callable(fastrcnn_loss)
+    # The hook is called with the very logits and sampled labels that torchvision's fastrcnn_loss scored:
+    # fastrcnn_loss on what the hook saw gives the built-in loss_classifier of the same forward.
+    seen = {}
+    ce = build_classification_loss("ce")
+
+    def spy(logits, labels):
+        seen["logits"], seen["labels"] = logits.detach(), labels
+        return ce(logits, labels)
+
+    torch.manual_seed(0)
+    model = build("tiny", 5)
+    model.roi_heads.cls_loss = spy
+    model.train()
+    torch.manual_seed(1)
+    hooked = model(images, targets)["loss_classifier"].item()
+    labels = seen["labels"]
+    assert seen["logits"].shape == (len(labels), 6) and (labels == 0).any() and (labels > 0).any()
+    ref, _ = fastrcnn_loss(seen["logits"], torch.zeros(len(labels), 6 * 4), [labels], [torch.zeros(len(labels), 4)])
+    assert ref.item() == pytest.approx(results["builtin"]["loss_classifier"], rel=1e-5)
+    assert hooked == pytest.approx(ref.item(), rel=1e-5)
 
 
 def _ckpt(tmp_path, arch="tiny"):

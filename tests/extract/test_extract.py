@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import run_simcal
 
 from simcal.data import InputError, category_statistics, load_annotations
 from simcal.data.detection_dataset import DetectionDataset
 from simcal.detector.builders import build
 from simcal.detector.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from simcal.extract.schema import INDEX_ARRAYS, Cache
+from tests.helpers import call_main, run_simcal
 
 ROW_ARRAYS = ("features", "labels", "ious", "boxes", "image_index", "is_gt", "flipped")
 
@@ -26,16 +26,18 @@ def detector(quick_detector):
     return quick_detector
 
 
-def _extract(bench, ckpt, out, *extra):
-    return run_simcal("extract", "--checkpoint", ckpt, "--data", bench, "--split", "val", "--out", out,
-                      "--images-per-part", "16", *extra)
+def _extract(run, bench, ckpt, out, *extra):
+    """``simcal extract`` of the val split, in parts of 16 images, through ``run`` (the cli fixture or run_simcal)."""
+    return run("extract", "--checkpoint", ckpt, "--data", bench, "--split", "val", "--out", out,
+               "--images-per-part", "16", *extra)
 
 
 @pytest.fixture(scope="module")
 def val_cache(quick_bench, detector, tmp_path_factory):
+    """The val split with flipped views, in parts of 16 images (the calibration tests' val cache has neither)."""
     out = tmp_path_factory.mktemp("cache") / "val.zarr"
-    r = _extract(quick_bench, detector, out, "--flip")
-    assert r.returncode == 0, r.stderr
+    assert call_main("extract", "--checkpoint", detector, "--data", quick_bench, "--split", "val", "--out", out,
+                     "--images-per-part", "16", "--flip") == 0
     return out
 
 
@@ -45,7 +47,7 @@ def _arrays(path):
             **{f"index/{k}": c.index(k) for k in INDEX_ARRAYS}}
 
 
-def test_cache_holds_the_documented_rows(val_cache, quick_bench):
+def test_cache_holds_the_documented_rows(val_cache, quick_bench, cli):
     ann = load_annotations(quick_bench / "annotations" / "val.json")
     c = Cache(val_cache)
     a = c.attrs
@@ -78,7 +80,7 @@ def test_cache_holds_the_documented_rows(val_cache, quick_bench):
         assert np.array_equal(rows[ptr[k] : ptr[k + 1]], np.nonzero(labels == k)[0])
     iptr, imgs = c.index("class_image_ptr"), c.index("class_images")
     assert np.array_equal(imgs[iptr[3] : iptr[4]], np.unique(image_index[labels == 3]))
-    assert run_simcal("cache", "verify", val_cache).returncode == 0
+    assert cli("cache", "verify", val_cache).returncode == 0
     head = c.detector_head()
     assert head["fc6.weight"].shape == (256, 3136) and head["cls_score.weight"].shape == (13, 256)
 
@@ -106,18 +108,21 @@ def test_features_match_the_detector(val_cache, detector, quick_bench):
     assert checked == 40
 
 
-def test_rerun_is_idempotent_and_mismatches_are_refused(val_cache, quick_bench, detector, tmp_path):
-    r = _extract(quick_bench, detector, val_cache, "--flip")
+def test_rerun_is_idempotent_and_mismatches_are_refused(val_cache, quick_bench, detector, tmp_path, cli):
+    before = {p: p.stat().st_mtime_ns for p in val_cache.rglob("*")}
+    r = _extract(cli, quick_bench, detector, val_cache, "--flip")
     assert r.returncode == 0 and "already a complete cache" in r.stderr
-    r = _extract(quick_bench, detector, val_cache, "--flip", "--bg-per-image", "4")
+    r = _extract(cli, quick_bench, detector, val_cache, "--flip", "--bg-per-image", "4")
     assert r.returncode == 2 and "other parameters or another detector" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "notacache").mkdir()
     (tmp_path / "notacache" / "x.txt").write_text("x")
-    r = _extract(quick_bench, detector, tmp_path / "notacache")
+    r = _extract(cli, quick_bench, detector, tmp_path / "notacache")
     assert r.returncode == 2 and "is not a SimCal feature cache" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in val_cache.rglob("*")} == before  # the cache was left alone
 
 
-def test_resume_after_kill_and_torchrun_match_one_process(quick_bench, detector, val_cache, tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_and_torchrun_match_one_process(quick_bench, detector, val_cache, tmp_path, cli):
     ref = _arrays(val_cache)
     out = tmp_path / "killed.zarr"
     base = ["-m", "simcal", "extract", "--checkpoint", str(detector), "--data", str(quick_bench), "--split", "val",
@@ -131,7 +136,8 @@ def test_resume_after_kill_and_torchrun_match_one_process(quick_bench, detector,
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not out.exists()  # nothing half-written that looks complete
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert list(parts.glob("part_*.npz"))  # killed after a finished part: the re-run resumes from it
+    r = cli(*base[2:], "--out", out)  # the same command again, in-process
     assert r.returncode == 0, r.stderr
     for k, v in _arrays(out).items():
         assert np.array_equal(v, ref[k]), k
@@ -157,9 +163,9 @@ def test_resume_after_kill_and_torchrun_match_one_process(quick_bench, detector,
         assert np.array_equal(one_arrays[k], ref[k]), k
 
 
-def test_h5_export_round_trip(val_cache, tmp_path):
+def test_h5_export_round_trip(val_cache, tmp_path, cli):
     out = tmp_path / "val.h5"
-    r = run_simcal("cache", "export", "--format", "h5", val_cache, out)
+    r = cli("cache", "export", "--format", "h5", val_cache, out)
     assert r.returncode == 0, r.stderr
     z, h = Cache(val_cache), Cache(out)
     assert h.attrs == z.attrs
@@ -169,7 +175,7 @@ def test_h5_export_round_trip(val_cache, tmp_path):
         assert np.array_equal(h.index(k), z.index(k))
     for k, v in z.detector_head().items():
         assert np.array_equal(h.detector_head()[k], v)
-    info = run_simcal("cache", "info", out)
+    info = cli("cache", "info", out)
     assert info.returncode == 0 and "complete: True" in info.stdout
     # the trainer's store reads: shard byte ranges (zarr), contiguous runs (h5), the RAM copy: all equal
     from simcal.calibrate.reader import FeatureReader
@@ -181,9 +187,9 @@ def test_h5_export_round_trip(val_cache, tmp_path):
         assert torch.equal(x, FeatureReader(z, "ram").read(rows)[0])
 
 
-def test_int8_features_dequantize_close(quick_bench, detector, val_cache, tmp_path):
+def test_int8_features_dequantize_close(quick_bench, detector, val_cache, tmp_path, cli):
     out = tmp_path / "int8.zarr"
-    assert _extract(quick_bench, detector, out, "--flip", "--dtype", "int8").returncode == 0
+    assert _extract(cli, quick_bench, detector, out, "--flip", "--dtype", "int8").returncode == 0
     q, z = Cache(out), Cache(val_cache)
     deq = np.asarray(q["features"][:200]).astype(np.float32) * np.asarray(q["feature_scale"][:200])[:, None]
     ref = np.asarray(z["features"][:200]).astype(np.float32)
@@ -196,7 +202,7 @@ def test_int8_features_dequantize_close(quick_bench, detector, val_cache, tmp_pa
     assert np.array_equal(np.asarray(q["labels"][:]), np.asarray(z["labels"][:]))
 
 
-def test_incomplete_cache_and_bad_inputs_are_refused(val_cache, quick_bench, detector, tmp_path):
+def test_incomplete_cache_and_bad_inputs_are_refused(val_cache, quick_bench, detector, tmp_path, cli):
     import zarr
 
     broken = tmp_path / "broken.zarr"
@@ -204,15 +210,16 @@ def test_incomplete_cache_and_bad_inputs_are_refused(val_cache, quick_bench, det
     zarr.open_group(str(broken), mode="r+").attrs["complete"] = False
     with pytest.raises(InputError, match="is an incomplete cache"):
         Cache(broken)
-    r = run_simcal("cache", "verify", broken)
+    r = run_simcal("cache", "verify", broken)  # the real exit-code path of 'simcal cache'
     assert r.returncode == 2 and "it is not marked complete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal cache: error: ")
     # missing images: named, with the count
     data = tmp_path / "data"
     shutil.copytree(quick_bench, data)
     first = sorted((data / "images" / "val").iterdir())
     for f in first[:3]:
         f.unlink()
-    r = _extract(data, detector, tmp_path / "x.zarr")
+    r = _extract(cli, data, detector, tmp_path / "x.zarr")
     assert r.returncode == 2 and first[0].name in r.stderr and "3 of" in r.stderr
     assert not (tmp_path / "x.zarr").exists()
     # a detector trained on other categories
@@ -224,8 +231,9 @@ def test_incomplete_cache_and_bad_inputs_are_refused(val_cache, quick_bench, det
                          category_statistics(load_annotations(quick_bench / "annotations" / "train.json"))[:3],
                          "sha256:x", {}, 0)
     save_checkpoint(ck, tmp_path / "other.pth")
-    r = _extract(quick_bench, tmp_path / "other.pth", tmp_path / "y.zarr")
+    r = _extract(cli, quick_bench, tmp_path / "other.pth", tmp_path / "y.zarr")
     assert r.returncode == 2 and "has 12 categories but checkpoint" in r.stderr
     (tmp_path / "trunc.pth").write_bytes(detector.read_bytes()[:1000])
-    r = _extract(quick_bench, tmp_path / "trunc.pth", tmp_path / "z.zarr")
+    r = _extract(run_simcal, quick_bench, tmp_path / "trunc.pth", tmp_path / "z.zarr")  # real exit-code path
     assert r.returncode == 2 and "is not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal extract: error: ")

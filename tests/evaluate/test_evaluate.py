@@ -9,14 +9,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import run_simcal
 
 from simcal.data.annotations import parse_annotations
-from simcal.data.statistics import instance_bin
 from simcal.evaluate.evaluator import LVISEvaluator, evaluate_results
 from simcal.evaluate.lvis_reference import numpy_aliases
 from simcal.evaluate.protocol import METRIC_KEYS
 from simcal.evaluate.synthetic_cases import CaseSpec, make_case, uncompressed_rle
+from tests.helpers import run_simcal
 
 TOL = 1e-4
 LVIS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -232,9 +231,9 @@ def test_ap_bins_by_hand():
         assert m["AP"] == pytest.approx((1.0 + ap_b) / 2)
 
 
-def test_empty_results_give_zeros_with_a_warning(case_files, tmp_path):
+def test_empty_results_give_zeros_with_a_warning(case_files, tmp_path, cli):
     (tmp_path / "empty.json").write_text("[]")
-    r = run_simcal("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "empty.json",
+    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "empty.json",
                    "--train-ann", case_files / "train.json", "--out", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
     assert "warning" in r.stderr and "empty" in r.stderr
@@ -243,10 +242,10 @@ def test_empty_results_give_zeros_with_a_warning(case_files, tmp_path):
     assert all(doc["bbox"][k] in (0.0, -1.0) for k in METRIC_KEYS) and doc["bbox"]["AP"] == 0.0
 
 
-def _bad(case_files, tmp_path, results_text, *extra):
+def _bad(cli, case_files, tmp_path, results_text, *extra):
     p = tmp_path / "bad.json"
     p.write_text(results_text)
-    r = run_simcal("evaluate", "--gt", case_files / "gt.json", "--results", p, "--train-ann",
+    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", p, "--train-ann",
                    case_files / "train.json", "--out", tmp_path / "m.json", *extra)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
@@ -256,31 +255,32 @@ def _bad(case_files, tmp_path, results_text, *extra):
     return lines[0]
 
 
-def test_bad_results_are_one_sentence_exit_2(case, case_files, tmp_path):
+def test_bad_results_are_one_sentence_exit_2(case, case_files, tmp_path, cli):
     gt = case[0]
     img, cat = gt["images"][0]["id"], gt["categories"][0]["id"]
     good = {"image_id": img, "category_id": cat, "bbox": [1, 1, 5, 5], "score": 0.5}
-    assert "not a list" in _bad(case_files, tmp_path, json.dumps({"image_id": img}))
-    assert "image id 99999" in _bad(case_files, tmp_path, json.dumps([good, {**good, "image_id": 99999}]))
-    assert "category id 424242" in _bad(case_files, tmp_path, json.dumps([{**good, "category_id": 424242}]))
-    msg = _bad(case_files, tmp_path, json.dumps([good]), "--iou-type", "segm")
+    assert "not a list" in _bad(cli, case_files, tmp_path, json.dumps({"image_id": img}))
+    assert "image id 99999" in _bad(cli, case_files, tmp_path, json.dumps([good, {**good, "image_id": 99999}]))
+    assert "category id 424242" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "category_id": 424242}]))
+    msg = _bad(cli, case_files, tmp_path, json.dumps([good]), "--iou-type", "segm")
     assert "segmentation" in msg and "result 0" in msg
-    assert "non-finite score" in _bad(case_files, tmp_path, '[{"image_id": %d, "category_id": %d, "bbox": [1, 1, 5, 5], "score": NaN}]' % (img, cat))
-    assert "not valid JSON" in _bad(case_files, tmp_path, "[{")
+    assert "non-finite score" in _bad(cli, case_files, tmp_path, '[{"image_id": %d, "category_id": %d, "bbox": [1, 1, 5, 5], "score": NaN}]' % (img, cat))
+    assert "not valid JSON" in _bad(cli, case_files, tmp_path, "[{")
     h, w = gt["images"][0]["height"], gt["images"][0]["width"]
     broken = {**good, "segmentation": {"size": [h, w], "counts": "garbage!!"}}
-    assert "result 1 has a malformed RLE mask" in _bad(case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [h, w], "counts": [h * w]}}, broken]), "--iou-type", "segm")
-    assert "mask size [3, 3]" in _bad(case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [3, 3], "counts": [9]}}]), "--iou-type", "segm")
-    assert "no score" in _bad(case_files, tmp_path, json.dumps([{k: v for k, v in good.items() if k != "score"}]))
-    r = run_simcal("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "nope.json",
-                   "--train-ann", case_files / "train.json")
+    assert "result 1 has a malformed RLE mask" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [h, w], "counts": [h * w]}}, broken]), "--iou-type", "segm")
+    assert "mask size [3, 3]" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [3, 3], "counts": [9]}}]), "--iou-type", "segm")
+    assert "no score" in _bad(cli, case_files, tmp_path, json.dumps([{k: v for k, v in good.items() if k != "score"}]))
+    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "nope.json",
+            "--train-ann", case_files / "train.json")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
-    r = run_simcal("evaluate", "--results", case_files / "res.json")
+    r = run_simcal("evaluate", "--results", case_files / "res.json")  # the real exit-code path of 'simcal evaluate'
     assert r.returncode == 2 and "missing --gt, --train-ann" in r.stderr
-    assert "--max-dets must be a positive integer" in _bad(case_files, tmp_path, json.dumps([good]), "--max-dets", "0")
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal evaluate: error: ")
+    assert "--max-dets must be a positive integer" in _bad(cli, case_files, tmp_path, json.dumps([good]), "--max-dets", "0")
 
 
-def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path):
+def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
     """End to end: default cap from info.max_dets_per_image, both IoU types, per-class CSV, compare."""
     gt = json.loads((quick_bench / "annotations" / "val.json").read_text())
     rng = np.random.default_rng(0)
@@ -294,7 +294,7 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path):
     (tmp_path / "res.json").write_text(json.dumps(res))
     args = ["evaluate", "--gt", quick_bench / "annotations" / "val.json", "--results", tmp_path / "res.json",
             "--train-ann", quick_bench / "annotations" / "train.json"]
-    r = run_simcal(*args, "--out", tmp_path / "out" / "m.json", "--per-class", tmp_path / "out" / "pc.csv")
+    r = cli(*args, "--out", tmp_path / "out" / "m.json", "--per-class", tmp_path / "out" / "pc.csv")
     assert r.returncode == 0, r.stderr
     cap = gt["info"]["max_dets_per_image"]
     assert f"evaluation cap: {cap} detections per image" in r.stderr
@@ -309,19 +309,19 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path):
     assert rows[0].startswith("category_id,name,train_instances,train_images,bin,frequency,val_instances,AP_bbox,AP_segm")
     assert len(rows) == 1 + len(gt["categories"])
 
-    r2 = run_simcal(*args, "--backend", "lvis", "--max-dets", "300", "--iou-type", "segm", "--out", tmp_path / "ref.json")
+    r2 = cli(*args, "--backend", "lvis", "--max-dets", "300", "--iou-type", "segm", "--out", tmp_path / "ref.json")
     assert r2.returncode == 0, r2.stderr
     assert "evaluation cap: 300 detections per image (--max-dets)" in r2.stderr
     ref = json.loads((tmp_path / "ref.json").read_text())
     assert list(ref) == ["segm", "config"] and ref["config"]["max_dets_per_image"] == 300
 
-    r3 = run_simcal("evaluate", "--compare", tmp_path / "out" / "m.json", tmp_path / "ref.json", "--labels", "cap10", "cap300")
+    r3 = cli("evaluate", "--compare", tmp_path / "out" / "m.json", tmp_path / "ref.json", "--labels", "cap10", "cap300")
     assert r3.returncode == 0, r3.stderr
     assert "| cap10 |" in r3.stdout and "| cap300 |" in r3.stdout and "different detection caps" in r3.stdout
     seg_rows = r3.stdout.split("mask AP (%)")[1]
     assert f"{100 * doc['segm']['AP1']:.1f}" in seg_rows.split("| cap10 |")[1].splitlines()[0]
     assert "box AP (%)" in r3.stdout and "| cap300 |" not in r3.stdout.split("mask AP (%)")[0]
-    r4 = run_simcal("evaluate", "--compare", tmp_path / "res.json")
+    r4 = cli("evaluate", "--compare", tmp_path / "res.json")
     assert r4.returncode == 2 and "no 'bbox' or 'segm' metrics" in r4.stderr and "Traceback" not in r4.stderr
 
 
@@ -358,7 +358,3 @@ def test_detectron2_style_evaluator_matches_the_function(case):
         for k in METRIC_KEYS:
             assert got[t][k] == pytest.approx(want[t][k], abs=1e-9)
 
-
-def test_instance_bins_match_data_statistics():
-    assert [instance_bin(n) for n in (0, 9, 10, 99, 100, 999, 1000)] == [1, 1, 2, 2, 3, 3, 4]
-    assert [instance_bin(n, "coco-lt") for n in (19, 20, 399, 400, 7999, 8000)] == [1, 2, 2, 3, 3, 4]

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_simcal
 
 from simcal.calibrate.trainer import CalibConfig, head_checkpoint, save_head, train_head
 from simcal.extract.schema import Cache
 from simcal.infer.scoring import PropsGT, combine, logit_adjust, make_score_fn, norcal, rare_mask, tau_norm_logits
+from tests.helpers import run_simcal
 
 
 def test_sel_takes_calibrated_columns_of_rare_classes_without_renormalising():
@@ -60,7 +60,7 @@ def test_props_gt_classifies_proposals_by_their_ground_truth_box():
     assert torch.allclose(q, expected)
 
 
-def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, quick_bench, tmp_path):
+def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, quick_bench, tmp_path, cli):
     """3fc_ft starts as the detector's classifier, so every mode must give the baseline's detections."""
     cache = Cache(quick_caches["train"])
     cfg = CalibConfig(head="3fc_ft", steps=1, lr=0.0)
@@ -70,8 +70,8 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     for mode in ("orig", "sel", "cal", "avg"):
         out = tmp_path / f"{mode}.json"
         extra = [] if mode == "orig" else ["--head", tmp_path / "h.pth"]
-        r = run_simcal("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--split", "val",
-                       "--mode", mode, "--out", out, *extra)
+        r = cli("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--split", "val",
+                "--mode", mode, "--out", out, *extra)
         assert r.returncode == 0, r.stderr
         outs[mode] = json.loads(out.read_text())
     base = outs["orig"]
@@ -84,7 +84,7 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     assert "counts" in base[0]["segmentation"]
 
 
-def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quick_bench, tmp_path):
+def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quick_bench, tmp_path, cli):
     """One backbone pass for many variants must give each variant's single-run detections, byte for byte."""
     cache = Cache(quick_caches["train"])
     cfg = CalibConfig(head="2fc_rand", steps=20)
@@ -96,7 +96,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
                 {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5}, {"name": "gt", "props_gt": True, "max_dets": 7}]
     (tmp_path / "v.json").write_text(json.dumps(variants))
     common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
-    r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
+    r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0, r.stderr
     # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
     singles = {"sel": ["--mode", "sel", "--head", h],
@@ -104,7 +104,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
                "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"], "gt": ["--props-gt", "--max-dets", "7"]}
     for name, flags in singles.items():
         one = tmp_path / f"{name}.json"
-        r = run_simcal("infer", *common, "--mode", "orig", *flags, "--out", one)
+        r = cli("infer", *common, "--mode", "orig", *flags, "--out", one)
         assert r.returncode == 0, r.stderr
         assert one.read_bytes() == (tmp_path / "sweep" / name / "results.json").read_bytes(), name
     per_image = {}
@@ -112,7 +112,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
         per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
     assert max(per_image.values()) == 5
     assert (tmp_path / "gt.json").read_bytes() != (tmp_path / "sweep" / "orig" / "results.json").read_bytes()
-    r = run_simcal("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
+    r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stderr, r.stderr
 
 
@@ -147,6 +147,7 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
     assert got["sel"] != got["orig"]
 
 
+@pytest.mark.slow
 def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, tmp_path):
     """Images are sharded over processes; the merged, re-sorted output is the one-process output."""
     import os
@@ -180,9 +181,9 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, 
     ([{"name": "a", "max_dets": 0}], "max_dets must be a positive integer"),
     ({"name": "a"}, "must be a non-empty JSON list of objects"),
 ])
-def test_bad_sweep_files_are_refused(quick_detector, quick_bench, tmp_path, variants, message):
+def test_bad_sweep_files_are_refused(quick_detector, quick_bench, tmp_path, cli, variants, message):
     (tmp_path / "v.json").write_text(json.dumps(variants))
-    r = run_simcal("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--sweep", tmp_path / "v.json",
+    r = cli("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--sweep", tmp_path / "v.json",
                    "--out", tmp_path / "o")
     assert r.returncode == 2 and message in r.stderr and "v.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
@@ -209,7 +210,9 @@ def test_head_from_another_detector_is_refused(quick_caches, quick_bench, tmp_pa
     torch.manual_seed(0)
     det = make_checkpoint(build("tiny", 12), "tiny", {}, ann.mapping, category_statistics(ann), ann.fingerprint, {}, 0)
     save_checkpoint(det, tmp_path / "det.pth")
+    # the real exit-code path of 'simcal infer', through a process
     r = run_simcal("infer", "--checkpoint", tmp_path / "det.pth", "--head", tmp_path / "foreign.pth",
                    "--data", quick_bench, "--out", tmp_path / "r.json")
     assert r.returncode == 2 and "was calibrated on features of another detector" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal infer: error: ")
     assert not (tmp_path / "r.json").exists()
