@@ -142,8 +142,8 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     from simcal.detector.checkpoint import check_categories, load_checkpoint
 
     if not args.checkpoint:
-        raise input_error(None, "--source online needs --checkpoint CKPT and its training images",
-                          "pass --checkpoint with --data DIR (or --ann FILE --images DIR)")
+        raise input_error(None, "--source online needs --checkpoint CKPT and --data DIR (or --ann FILE --images DIR)",
+                          "the detector and the images it was trained on")
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     if not args.out:
         raise input_error(None, "--out HEAD.pth is required", "name the head checkpoint to write")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from simcal.core.names import BIN_EDGES  # lower edges of bins 2, 3, 4 per scheme
 from simcal.data.annotations import Annotations
@@ -56,6 +57,8 @@ def repeat_factors(pair_images: np.ndarray, pair_classes: np.ndarray, num_images
     2. r_c = max(1, sqrt(t / f_c));
     3. r_i = max over the classes c in image i of r_c (1 for an image with none).
     """
+    import numpy as np  # here, so that importing statistics (and every --help) stays light
+
     pairs = np.unique(np.stack([np.asarray(pair_images, np.int64), np.asarray(pair_classes, np.int64)], 1), axis=0)
     r_img = np.ones(num_images, dtype=np.float64)
     if len(pairs):

@@ -32,15 +32,32 @@ def _identity(ck: dict[str, Any], ann: Any, params: dict[str, Any]) -> dict[str,
             "params": params}
 
 
+def _is_cache(out: Path) -> bool:
+    """Whether ``out`` is something ``simcal extract`` wrote (so --overwrite may replace it)."""
+    from simcal.core.manifest import read_manifest
+
+    manifest = read_manifest(out)
+    if manifest is not None:
+        return manifest.get("command") == "extract"
+    try:
+        import zarr
+
+        return "schema_version" in zarr.open_group(str(out), mode="r").attrs
+    except Exception:  # zarr raises several types for "not a group"
+        return False
+
+
 def _already_done(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
     """True when ``out`` is a finished cache of ``identity``; refuses other outputs unless ``overwrite``."""
     from simcal.core.manifest import completed, read_manifest, same_identity
     from simcal.extract.store import parts_dir
 
+    if out.exists() and not _is_cache(out):
+        raise input_error(out, "exists and is not a SimCal feature cache", "choose another --out")
     if completed(out, "extract", identity) and not overwrite:
         return True
     if out.exists() and not overwrite:
-        raise input_error(out, "exists and is not a finished cache of this detector, data and parameters",
+        raise input_error(out, "is a cache with other parameters or another detector (or an unfinished one)",
                           "pass --overwrite to replace it, or choose another --out")
     staged = read_manifest(parts_dir(out))
     if staged is not None and not same_identity(staged, "extract", identity):

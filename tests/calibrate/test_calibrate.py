@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from simcal.calibrate.heads import build_head
+from simcal.calibrate.heads import build_head, init_from_detector
 from simcal.calibrate.samplers import CacheIndex, build_sampler
 from simcal.calibrate.trainer import CalibConfig, load_head, train_head
 from simcal.data.statistics import instance_bin
@@ -68,13 +68,12 @@ def test_random_sampler_follows_the_long_tail(index, train_cache):
 
 def test_sample_only_stats(quick_caches, tmp_path, cli):
     out = tmp_path / "stats.json"
-    r = cli("calibrate", "--cache", quick_caches["train"], "--sample-only", "--steps", "50", "--stats", out,
-                   "--out", tmp_path / "unused.pth")
+    r = cli("calibrate", "--cache", quick_caches["train"], "--sample-only", "--steps", "50", "--stats", out)
     assert r.returncode == 0, r.stderr
     s = json.loads(out.read_text())
     assert s["batches"] == 50 and sum(s["class_draws"].values()) == 800
     assert s["bg_rows"] == pytest.approx(sum(s["fg_rows"].values()), rel=0.05)
-    assert not (tmp_path / "unused.pth").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # statistics only, no head
 
 
 def test_heads_build_and_3fc_ft_starts_as_the_detector(train_cache, quick_detector):
@@ -82,14 +81,14 @@ def test_heads_build_and_3fc_ft_starts_as_the_detector(train_cache, quick_detect
     C, D = len(train_cache.attrs["categories"]), train_cache.dim
     x = torch.from_numpy(np.asarray(train_cache["features"][:64]).astype(np.float32))
     for name in ("linear", "2fc_rand", "3fc_rand", "3fc_ft", "2fc_ncm"):
-        head = build_head(name, D, C, 256, det)
+        head = init_from_detector(build_head(name, D, C, 256), name, det)
         if name == "2fc_ncm":
             head.accumulate(x, torch.from_numpy(np.asarray(train_cache["labels"][:64]).astype(np.int64)))
         assert head(x).shape == (64, C + 1)
     model, _ = load_checkpoint(quick_detector)
     with torch.no_grad():
         ref, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(x.reshape(64, 64, 7, 7)))
-        ours = build_head("3fc_ft", D, C, 256, det)(x)
+        ours = init_from_detector(build_head("3fc_ft", D, C, 256), "3fc_ft", det)(x)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
@@ -113,7 +112,7 @@ def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path, c
 
 
 def test_store_reads_and_the_prefetch_thread_train_the_same_head(train_cache, index):
-    from simcal.calibrate.reader import FeatureReader
+    from simcal.extract.reader import FeatureReader
 
     cfg = CalibConfig(head="3fc_ft", steps=25, seed=2)
     ram, _ = train_head(train_cache, cfg, reader=FeatureReader(train_cache, "ram"), index=index)
@@ -128,7 +127,7 @@ def test_store_reads_and_the_prefetch_thread_train_the_same_head(train_cache, in
 
 def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache, index):
     """--amp: the bfloat16 preload is exactly autocast's cast of the float32 features; the head ends near fp32's."""
-    from simcal.calibrate.reader import FeatureReader
+    from simcal.extract.reader import FeatureReader
 
     rows = np.sort(np.random.default_rng(0).choice(train_cache.num_rows, 300, replace=False))
     x32, y32 = FeatureReader(train_cache, "ram").read(rows)
@@ -140,8 +139,8 @@ def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache
     w = "cls_score.weight"
     assert torch.equal(b.state_dict()[w], c.state_dict()[w])  # deterministic
     assert not torch.equal(a.state_dict()[w], b.state_dict()[w])  # bfloat16 did run
-    init = build_head("3fc_ft", train_cache.dim, len(train_cache.attrs["categories"]), 256,
-                      train_cache.detector_head()).state_dict()[w]
+    init = init_from_detector(build_head("3fc_ft", train_cache.dim, len(train_cache.attrs["categories"]), 256),
+                              "3fc_ft", train_cache.detector_head()).state_dict()[w]
     moved32, moved16 = a.state_dict()[w] - init, b.state_dict()[w] - init
     assert torch.nn.functional.cosine_similarity(moved32.flatten(), moved16.flatten(), dim=0) > 0.95
 

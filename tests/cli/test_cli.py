@@ -13,15 +13,15 @@ COMMANDS = ("data", "train", "extract", "cache", "calibrate", "infer", "evaluate
 INPUTS_OUTPUTS = {
     "data": ("Inputs: LVIS v0.5/v1 or COCO instance json", "Outputs: statistics tables/JSON/plots, the synthetic "
              "benchmark folder, a COCO-LT json"),
-    "train": ("Inputs: --data DIR (from 'simcal data synth') or --train-ann FILE --images DIR",
+    "train": ("Inputs: --data DIR (from 'simcal data synth') or --ann FILE --images DIR",
               "Outputs: CKPT (self-describing"),
     "extract": ("Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR)",
                 "Output: CACHE.zarr, complete or absent"),
     "cache": ("Input: CACHE (zarr folder or .h5 export)", "export: write a single-file h5py copy with the same schema "
               "(output: OUT.h5)"),
     "calibrate": ("Inputs: --cache CACHE (zarr or .h5 from 'simcal extract')", "Outputs: HEAD.pth (weights_only"),
-    "infer": ("Inputs: --checkpoint CKPT, --head HEAD.pth, --data DIR --split val (or --ann/--images)",
-              "Output: RESULTS.json and RESULTS.json.config.json"),
+    "infer": ("Inputs: --checkpoint CKPT, --head-ckpt HEAD.pth, --data DIR --split val (or --ann/--images)",
+              "Output: RESULTS.json and RESULTS.json.manifest.json"),
     "evaluate": ("Inputs: --gt VAL.json --results RESULTS.json --train-ann TRAIN.json.",
                  "Output: a markdown table in percent"),
     "demo": ("Inputs: none (the benchmark is generated, deterministic by --seed)",
@@ -51,7 +51,7 @@ def test_every_command_help_names_inputs_and_outputs(cli, command):
     r = cli(command, "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: simcal {command}")
-    text = " ".join(r.stdout.split())
+    text = " ".join(r.stdout.split()).replace("- ", "-")  # argparse wraps after hyphens: undo that
     inputs, outputs = INPUTS_OUTPUTS[command]
     assert inputs in text, (command, text)
     assert outputs in text, (command, text)

@@ -4,9 +4,9 @@ import json
 import re
 
 import pytest
-from tests.helpers import run_simcal, write_json
 
 from simcal.data import CategoryMapping, InputError, load_annotations
+from tests.helpers import run_simcal, write_json
 
 
 def test_valid_file_loads_with_contiguous_mapping(tmp_path, tiny_doc):

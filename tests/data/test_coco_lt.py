@@ -4,10 +4,10 @@ import json
 from collections import Counter
 
 import numpy as np
-from tests.helpers import write_json
 
 from simcal.data import instance_bin, load_annotations
 from simcal.data.coco_lt import exponential_targets, sample_coco_lt
+from tests.helpers import write_json
 
 
 def test_default_targets_give_the_documented_bins():

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from tests.helpers import write_json
 from PIL import Image
 
 from simcal.data import InputError, load_annotations
 from simcal.data.detection_dataset import DetectionDataset, collate, decode_masks
+from tests.helpers import write_json
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import json
 from collections import Counter
 
 import pytest
-from tests.helpers import FIXTURES, write_json
 
 from simcal.data import category_statistics, frequency_of, instance_bin, load_annotations
 from simcal.data.statistics import bin_labels
+from tests.helpers import FIXTURES, write_json
 
 
 def test_frequency_rule_reproduces_lvis_v1_split():

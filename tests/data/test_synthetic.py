@@ -96,7 +96,7 @@ def test_reuse_refuse_and_overwrite(quick_bench, tmp_path, cli):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     r = cli("data", "synth", "--out", tmp_path / "mine", "--preset", "quick")
-    assert r.returncode == 2 and "exists and is not a synthetic benchmark" in r.stderr
+    assert r.returncode == 2 and "exists and is not a finished synthetic benchmark" in r.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 

@@ -21,8 +21,8 @@ def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path, cli):
         return cli("train", "--data", bench, "--out", out, *FAST, *extra)
 
     out = tmp_path / "tiny.pth"
-    r = _train(quick_bench, out, "--iters", "4", "--checkpoint-every", "2", "--sampler", "repeat-factor", "--rfs-t", "0.1",
-               "--cls-loss", "reweight")
+    r = _train(quick_bench, out, "--iters", "4", "--checkpoint-every", "2", "--sampler", "repeat_factor",
+               "--rfs-t", "0.1", "--cls-loss", "reweight")
     assert r.returncode == 0, r.stderr
     model, ck = load_checkpoint(out)
     assert ck["iteration"] == 4 and ck["train_args"]["cls_loss"] == "reweight"
@@ -34,8 +34,8 @@ def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path, cli):
     assert cfg["cls_loss_config"]["name"] == "reweight" and cfg["repeat_factor_images"] > 1178
     assert not (tmp_path / "tiny.pth.resume.pth").exists()
     # A finished run is not redone; an existing output is not overwritten by accident.
-    again = _train(quick_bench, out, "--iters", "4", "--resume", "--cls-loss",
-                   "reweight")
+    again = _train(quick_bench, out, "--iters", "4", "--resume", "--sampler", "repeat_factor", "--rfs-t", "0.1",
+                   "--cls-loss", "reweight")
     assert again.returncode == 0 and "already trained" in again.stderr
     clash = _train(quick_bench, out, "--iters", "4")
     assert clash.returncode == 2 and "already exists" in clash.stderr and "Traceback" not in clash.stderr

@@ -304,7 +304,7 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
     assert set(doc) == {"bbox", "segm", "config"} and list(doc["segm"]) == list(METRIC_KEYS)
     assert doc["config"]["max_dets_per_image"] == cap and doc["config"]["backend"] == "fast"
     assert all(-1 <= v <= 1 for t in ("bbox", "segm") for v in doc[t].values())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.json", "pc.csv"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.json", "m.json.manifest.json", "pc.csv"]  # no temp
     rows = (tmp_path / "out" / "pc.csv").read_text().splitlines()
     assert rows[0].startswith("category_id,name,train_instances,train_images,bin,frequency,val_instances,AP_bbox,AP_segm")
     assert len(rows) == 1 + len(gt["categories"])

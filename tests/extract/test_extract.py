@@ -178,7 +178,7 @@ def test_h5_export_round_trip(val_cache, tmp_path, cli):
     info = cli("cache", "info", out)
     assert info.returncode == 0 and "complete: True" in info.stdout
     # the trainer's store reads: shard byte ranges (zarr), contiguous runs (h5), the RAM copy: all equal
-    from simcal.calibrate.reader import FeatureReader
+    from simcal.extract.reader import FeatureReader
 
     rows = np.sort(np.random.default_rng(0).choice(z.num_rows, 200, replace=False))
     zr, hr = FeatureReader(z, "none"), FeatureReader(h, "none")
@@ -194,7 +194,7 @@ def test_int8_features_dequantize_close(quick_bench, detector, val_cache, tmp_pa
     deq = np.asarray(q["features"][:200]).astype(np.float32) * np.asarray(q["feature_scale"][:200])[:, None]
     ref = np.asarray(z["features"][:200]).astype(np.float32)
     assert np.abs(deq - ref).max() <= np.abs(ref).max() / 127 + 1e-2
-    from simcal.calibrate.reader import FeatureReader
+    from simcal.extract.reader import FeatureReader
 
     rows = np.arange(0, 200, 3)
     x, _ = FeatureReader(q, "none").read(rows)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import zarr
 
-from simcal.calibrate.reader import FeatureReader
-from simcal.data.errors import InputError
+from simcal.core.errors import InputError
 from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
+from simcal.extract.reader import FeatureReader
 
 
 def _array(path, compressors=None, rows=130, written=100, dtype="float16"):

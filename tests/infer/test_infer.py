@@ -69,7 +69,7 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     outs = {}
     for mode in ("orig", "sel", "cal", "avg"):
         out = tmp_path / f"{mode}.json"
-        extra = [] if mode == "orig" else ["--head", tmp_path / "h.pth"]
+        extra = [] if mode == "orig" else ["--head-ckpt", tmp_path / "h.pth"]
         r = cli("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--split", "val",
                 "--mode", mode, "--out", out, *extra)
         assert r.returncode == 0, r.stderr
@@ -91,16 +91,16 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
     head, info = train_head(cache, cfg)
     save_head(head_checkpoint(head, cfg, cache, info), tmp_path / "h.pth")
     h = str(tmp_path / "h.pth")
-    variants = [{"name": "orig"}, {"name": "sel", "mode": "sel", "head": h},
-                {"name": "avg5", "mode": "avg", "head": h, "max_dets": 5, "T": 50},
+    variants = [{"name": "orig"}, {"name": "sel", "mode": "sel", "head_ckpt": h},
+                {"name": "avg5", "mode": "avg", "head_ckpt": h, "max_dets": 5, "T": 50},
                 {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5}, {"name": "gt", "props_gt": True, "max_dets": 7}]
     (tmp_path / "v.json").write_text(json.dumps(variants))
     common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
     r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0, r.stderr
     # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
-    singles = {"sel": ["--mode", "sel", "--head", h],
-               "avg5": ["--mode", "avg", "--head", h, "--max-dets", "5", "--T", "50"],
+    singles = {"sel": ["--mode", "sel", "--head-ckpt", h],
+               "avg5": ["--mode", "avg", "--head-ckpt", h, "--max-dets", "5", "--T", "50"],
                "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"], "gt": ["--props-gt", "--max-dets", "7"]}
     for name, flags in singles.items():
         one = tmp_path / f"{name}.json"
@@ -168,8 +168,8 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, 
     for name in ("orig", "gt", "nc"):
         one = (tmp_path / "one" / name / "results.json").read_bytes()
         assert one == (tmp_path / "ddp" / name / "results.json").read_bytes(), name
-    cfg = json.loads((tmp_path / "ddp" / "orig" / "results.json.config.json").read_text())
-    assert cfg["world_size"] == 2
+    manifest = json.loads((tmp_path / "ddp" / "orig" / "results.json.manifest.json").read_text())
+    assert manifest["record"]["world_size"] == 2
 
 
 @pytest.mark.parametrize("variants, message", [
@@ -211,7 +211,7 @@ def test_head_from_another_detector_is_refused(quick_caches, quick_bench, tmp_pa
     det = make_checkpoint(build("tiny", 12), "tiny", {}, ann.mapping, category_statistics(ann), ann.fingerprint, {}, 0)
     save_checkpoint(det, tmp_path / "det.pth")
     # the real exit-code path of 'simcal infer', through a process
-    r = run_simcal("infer", "--checkpoint", tmp_path / "det.pth", "--head", tmp_path / "foreign.pth",
+    r = run_simcal("infer", "--checkpoint", tmp_path / "det.pth", "--head-ckpt", tmp_path / "foreign.pth",
                    "--data", quick_bench, "--out", tmp_path / "r.json")
     assert r.returncode == 2 and "was calibrated on features of another detector" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal infer: error: ")
