@@ -61,8 +61,14 @@ BAD_CASES = {
     "odd_polygon": (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 6, 7]]), "bad polygon"),
     "rle_size": (lambda d: d["annotations"][2]["segmentation"].update(size=[10, 10]), "RLE size"),
     "seg_type": (lambda d: d["annotations"][0].update(segmentation="mask.png"), "neither polygons nor RLE"),
-    "neg_unknown": (lambda d: d["images"][0].update(neg_category_ids=[7, 1000]), "'neg_category_ids' names unknown category id 1000"),
-    "not_exhaustive_unknown": (lambda d: d["images"][1].update(not_exhaustive_category_ids=[5]), "'not_exhaustive_category_ids' names unknown category id 5"),
+    "neg_unknown": (
+        lambda d: d["images"][0].update(neg_category_ids=[7, 1000]),
+        "'neg_category_ids' names unknown category id 1000",
+    ),
+    "not_exhaustive_unknown": (
+        lambda d: d["images"][1].update(not_exhaustive_category_ids=[5]),
+        "'not_exhaustive_category_ids' names unknown category id 5",
+    ),
     "absolute_file_name": (lambda d: d["images"][0].update(file_name="/etc/passwd"), "is an absolute path"),
     "escaping_file_name": (lambda d: d["images"][1].update(file_name="sub/../../secret.png"), "escapes the image root"),
     "missing_image_key": (lambda d: d["images"][0].pop("height"), "missing key 'height'"),

@@ -89,7 +89,9 @@ def test_backends_agree_on_every_metric(case, max_dets):
     fast, ref = _both(G, res, T, iou_types=("bbox", "segm"), max_dets=max_dets)
     _assert_same(fast, ref)
     # the chunked path (LVIS scale: categories a few at a time, only those present in val) is exact too
-    chunked = evaluate_results(G, copy.deepcopy(res), T, ("bbox", "segm"), backend="fast", max_dets=max_dets, cat_chunk=5)
+    chunked = evaluate_results(
+        G, copy.deepcopy(res), T, ("bbox", "segm"), backend="fast", max_dets=max_dets, cat_chunk=5
+    )
     _assert_same(chunked, ref)
     for t in ("bbox", "segm"):
         assert 0.05 < fast.metrics[t]["AP"] < 0.95  # a case with signal, not all zeros
@@ -165,8 +167,9 @@ def test_fast_backend_equals_lvis_eval_run_on_the_raw_files(case, case_files, io
     """LVISEval on the user's files as they are (its own cap, areas, RLE handling) = our fast path."""
     gt, train, res = case
     ref = _lvis_eval(case_files / "gt.json", case_files / "res.json", iou_type)
-    ours = evaluate_results(_ann(gt, "gt.json"), copy.deepcopy(res), _ann(train, "t.json"), (iou_type,),
-                            backend="fast", max_dets=300).metrics[iou_type]
+    ours = evaluate_results(
+        _ann(gt, "gt.json"), copy.deepcopy(res), _ann(train, "t.json"), (iou_type,), backend="fast", max_dets=300
+    ).metrics[iou_type]
     for k in LVIS_KEYS:
         assert abs(ours[k] - ref[k]) <= TOL, (k, ours[k], ref[k])
 
@@ -176,8 +179,9 @@ def test_ap_bins_equal_lvis_eval_restricted_to_each_bin(case, case_files):
     gt, train, res = case
     counts = Counter(a["category_id"] for a in train["annotations"])
     val_cats = {a["category_id"] for a in gt["annotations"]}
-    ours = evaluate_results(_ann(gt, "gt.json"), copy.deepcopy(res), _ann(train, "t.json"), ("segm",),
-                            backend="fast", max_dets=300).metrics["segm"]
+    ours = evaluate_results(
+        _ann(gt, "gt.json"), copy.deepcopy(res), _ann(train, "t.json"), ("segm",), backend="fast", max_dets=300
+    ).metrics["segm"]
     seen = 0
     for b, (lo, hi) in enumerate([(0, 10), (10, 100), (100, 1000), (1000, math.inf)], start=1):
         cats = [c["id"] for c in gt["categories"] if lo <= counts[c["id"]] < hi]
@@ -192,12 +196,21 @@ def test_ap_bins_equal_lvis_eval_restricted_to_each_bin(case, case_files):
 
 def test_ap_bins_by_hand():
     """Two images, three classes; every AP computable on paper."""
-    img = lambda i, neg: {"id": i, "file_name": f"{i}.png", "height": 100, "width": 100,  # noqa: E731
-                          "neg_category_ids": neg, "not_exhaustive_category_ids": []}
+    img = lambda i, neg: {
+        "id": i,
+        "file_name": f"{i}.png",
+        "height": 100,
+        "width": 100,  # noqa: E731
+        "neg_category_ids": neg,
+        "not_exhaustive_category_ids": [],
+    }
     gt = {
         "images": [img(1, [3]), img(2, []), img(3, [])],
-        "categories": [{"id": 1, "name": "a", "frequency": "r"}, {"id": 2, "name": "b", "frequency": "f"},
-                       {"id": 3, "name": "c", "frequency": "c"}],
+        "categories": [
+            {"id": 1, "name": "a", "frequency": "r"},
+            {"id": 2, "name": "b", "frequency": "f"},
+            {"id": 3, "name": "c", "frequency": "c"},
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400},
             {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40], "area": 1600},
@@ -216,7 +229,12 @@ def test_ap_bins_by_hand():
         {"image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40], "score": 0.8},  # b: TP
         {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.7},  # b: TP -> P = 1/2, 2/3
         {"image_id": 1, "category_id": 3, "bbox": [0, 0, 9, 9], "score": 0.5},  # c: negative in image 1, no GT
-        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 9, 9], "score": 0.99},  # a in image 2: not annotated -> dropped
+        {
+            "image_id": 2,
+            "category_id": 1,
+            "bbox": [0, 0, 9, 9],
+            "score": 0.99,
+        },  # a in image 2: not annotated -> dropped
         {"image_id": 3, "category_id": 2, "bbox": [0, 0, 9, 9], "score": 0.99},  # image 3 has no GT at all: dropped
     ]
     G, T = _ann(gt, "gt.json"), _ann(train, "train.json")
@@ -233,8 +251,17 @@ def test_ap_bins_by_hand():
 
 def test_empty_results_give_zeros_with_a_warning(case_files, tmp_path, cli):
     (tmp_path / "empty.json").write_text("[]")
-    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "empty.json",
-                   "--train-ann", case_files / "train.json", "--out", tmp_path / "m.json")
+    r = cli(
+        "evaluate",
+        "--gt",
+        case_files / "gt.json",
+        "--results",
+        tmp_path / "empty.json",
+        "--train-ann",
+        case_files / "train.json",
+        "--out",
+        tmp_path / "m.json",
+    )
     assert r.returncode == 0, r.stderr
     assert "warning" in r.stderr and "empty" in r.stderr
     doc = json.loads((tmp_path / "m.json").read_text())
@@ -245,8 +272,18 @@ def test_empty_results_give_zeros_with_a_warning(case_files, tmp_path, cli):
 def _bad(cli, case_files, tmp_path, results_text, *extra):
     p = tmp_path / "bad.json"
     p.write_text(results_text)
-    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", p, "--train-ann",
-                   case_files / "train.json", "--out", tmp_path / "m.json", *extra)
+    r = cli(
+        "evaluate",
+        "--gt",
+        case_files / "gt.json",
+        "--results",
+        p,
+        "--train-ann",
+        case_files / "train.json",
+        "--out",
+        tmp_path / "m.json",
+        *extra,
+    )
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("simcal evaluate: error")]
@@ -264,20 +301,48 @@ def test_bad_results_are_one_sentence_exit_2(case, case_files, tmp_path, cli):
     assert "category id 424242" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "category_id": 424242}]))
     msg = _bad(cli, case_files, tmp_path, json.dumps([good]), "--iou-type", "segm")
     assert "segmentation" in msg and "result 0" in msg
-    assert "non-finite score" in _bad(cli, case_files, tmp_path, '[{"image_id": %d, "category_id": %d, "bbox": [1, 1, 5, 5], "score": NaN}]' % (img, cat))
+    assert "non-finite score" in _bad(
+        cli,
+        case_files,
+        tmp_path,
+        '[{"image_id": %d, "category_id": %d, "bbox": [1, 1, 5, 5], "score": NaN}]' % (img, cat),
+    )
     assert "not valid JSON" in _bad(cli, case_files, tmp_path, "[{")
     h, w = gt["images"][0]["height"], gt["images"][0]["width"]
     broken = {**good, "segmentation": {"size": [h, w], "counts": "garbage!!"}}
-    assert "result 1 has a malformed RLE mask" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [h, w], "counts": [h * w]}}, broken]), "--iou-type", "segm")
-    assert "mask size [3, 3]" in _bad(cli, case_files, tmp_path, json.dumps([{**good, "segmentation": {"size": [3, 3], "counts": [9]}}]), "--iou-type", "segm")
+    assert "result 1 has a malformed RLE mask" in _bad(
+        cli,
+        case_files,
+        tmp_path,
+        json.dumps([{**good, "segmentation": {"size": [h, w], "counts": [h * w]}}, broken]),
+        "--iou-type",
+        "segm",
+    )
+    assert "mask size [3, 3]" in _bad(
+        cli,
+        case_files,
+        tmp_path,
+        json.dumps([{**good, "segmentation": {"size": [3, 3], "counts": [9]}}]),
+        "--iou-type",
+        "segm",
+    )
     assert "no score" in _bad(cli, case_files, tmp_path, json.dumps([{k: v for k, v in good.items() if k != "score"}]))
-    r = cli("evaluate", "--gt", case_files / "gt.json", "--results", tmp_path / "nope.json",
-            "--train-ann", case_files / "train.json")
+    r = cli(
+        "evaluate",
+        "--gt",
+        case_files / "gt.json",
+        "--results",
+        tmp_path / "nope.json",
+        "--train-ann",
+        case_files / "train.json",
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     r = run_simcal("evaluate", "--results", case_files / "res.json")  # the real exit-code path of 'simcal evaluate'
     assert r.returncode == 2 and "missing --gt, --train-ann" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal evaluate: error: ")
-    assert "--max-dets must be a positive integer" in _bad(cli, case_files, tmp_path, json.dumps([good]), "--max-dets", "0")
+    assert "--max-dets must be a positive integer" in _bad(
+        cli, case_files, tmp_path, json.dumps([good]), "--max-dets", "0"
+    )
 
 
 def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
@@ -288,12 +353,25 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
     for a in gt["annotations"]:
         seg = a["segmentation"]
         for k in range(2):
-            res.append({"image_id": a["image_id"], "category_id": a["category_id"] if k == 0 else 1 + int(rng.integers(12)),
-                        "bbox": [v + float(rng.normal(0, 0.8)) for v in a["bbox"]], "score": float(rng.random()),
-                        "segmentation": seg})
+            res.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"] if k == 0 else 1 + int(rng.integers(12)),
+                    "bbox": [v + float(rng.normal(0, 0.8)) for v in a["bbox"]],
+                    "score": float(rng.random()),
+                    "segmentation": seg,
+                }
+            )
     (tmp_path / "res.json").write_text(json.dumps(res))
-    args = ["evaluate", "--gt", quick_bench / "annotations" / "val.json", "--results", tmp_path / "res.json",
-            "--train-ann", quick_bench / "annotations" / "train.json"]
+    args = [
+        "evaluate",
+        "--gt",
+        quick_bench / "annotations" / "val.json",
+        "--results",
+        tmp_path / "res.json",
+        "--train-ann",
+        quick_bench / "annotations" / "train.json",
+    ]
     r = cli(*args, "--out", tmp_path / "out" / "m.json", "--per-class", tmp_path / "out" / "pc.csv")
     assert r.returncode == 0, r.stderr
     cap = gt["info"]["max_dets_per_image"]
@@ -304,9 +382,15 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
     assert set(doc) == {"bbox", "segm", "config"} and list(doc["segm"]) == list(METRIC_KEYS)
     assert doc["config"]["max_dets_per_image"] == cap and doc["config"]["backend"] == "fast"
     assert all(-1 <= v <= 1 for t in ("bbox", "segm") for v in doc[t].values())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.json", "m.json.manifest.json", "pc.csv"]  # no temp
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "m.json",
+        "m.json.manifest.json",
+        "pc.csv",
+    ]  # no temp
     rows = (tmp_path / "out" / "pc.csv").read_text().splitlines()
-    assert rows[0].startswith("category_id,name,train_instances,train_images,bin,frequency,val_instances,AP_bbox,AP_segm")
+    assert rows[0].startswith(
+        "category_id,name,train_instances,train_images,bin,frequency,val_instances,AP_bbox,AP_segm"
+    )
     assert len(rows) == 1 + len(gt["categories"])
 
     r2 = cli(*args, "--backend", "lvis", "--max-dets", "300", "--iou-type", "segm", "--out", tmp_path / "ref.json")
@@ -335,8 +419,10 @@ def test_detectron2_style_evaluator_matches_the_function(case):
     ids = sorted(by_img)
     for i in range(0, len(ids), 4):  # batches of 4 images, image_id taken from the inputs
         batch = ids[i : i + 4]
-        ev.process([{"image_id": k} for k in batch],
-                   [[{kk: v for kk, v in r.items() if kk != "image_id"} for r in by_img[k]] for k in batch])
+        ev.process(
+            [{"image_id": k} for k in batch],
+            [[{kk: v for kk, v in r.items() if kk != "image_id"} for r in by_img[k]] for k in batch],
+        )
     got = ev.evaluate()
     want = evaluate_results(G, copy.deepcopy(res), T, ("bbox", "segm"), max_dets=300).metrics
     for t in want:
@@ -347,14 +433,25 @@ def test_detectron2_style_evaluator_matches_the_function(case):
     # outputs as arrays (xyxy boxes, like a model's), one image at a time
     for k in ids:
         rs = by_img[k]
-        ev.process([{"image_id": k}], [{
-            "boxes": np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]] for r in rs]),
-            "scores": np.array([r["score"] for r in rs]),
-            "category_ids": np.array([r["category_id"] for r in rs]),
-            "masks": [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()} for r in rs],
-        }])
+        ev.process(
+            [{"image_id": k}],
+            [
+                {
+                    "boxes": np.array(
+                        [
+                            [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
+                            for r in rs
+                        ]
+                    ),
+                    "scores": np.array([r["score"] for r in rs]),
+                    "category_ids": np.array([r["category_id"] for r in rs]),
+                    "masks": [
+                        {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()} for r in rs
+                    ],
+                }
+            ],
+        )
     got = ev.evaluate()
     for t in want:
         for k in METRIC_KEYS:
             assert got[t][k] == pytest.approx(want[t][k], abs=1e-9)
-

@@ -75,7 +75,9 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
         assert r.returncode == 0, r.stderr
         outs[mode] = json.loads(out.read_text())
     base = outs["orig"]
-    assert len(base) > 0 and max(sum(1 for d in base if d["image_id"] == i) for i in {d["image_id"] for d in base}) <= 300
+    assert (
+        len(base) > 0 and max(sum(1 for d in base if d["image_id"] == i) for i in {d["image_id"] for d in base}) <= 300
+    )
     for mode in ("sel", "cal", "avg"):
         assert len(outs[mode]) == len(base)
         for a, b in zip(base, outs[mode]):
@@ -91,17 +93,24 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
     head, info = train_head(cache, cfg)
     save_head(head_checkpoint(head, cfg, cache, info), tmp_path / "h.pth")
     h = str(tmp_path / "h.pth")
-    variants = [{"name": "orig"}, {"name": "sel", "mode": "sel", "head_ckpt": h},
-                {"name": "avg5", "mode": "avg", "head_ckpt": h, "max_dets": 5, "T": 50},
-                {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5}, {"name": "gt", "props_gt": True, "max_dets": 7}]
+    variants = [
+        {"name": "orig"},
+        {"name": "sel", "mode": "sel", "head_ckpt": h},
+        {"name": "avg5", "mode": "avg", "head_ckpt": h, "max_dets": 5, "T": 50},
+        {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5},
+        {"name": "gt", "props_gt": True, "max_dets": 7},
+    ]
     (tmp_path / "v.json").write_text(json.dumps(variants))
     common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
     r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0, r.stderr
     # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
-    singles = {"sel": ["--mode", "sel", "--head-ckpt", h],
-               "avg5": ["--mode", "avg", "--head-ckpt", h, "--max-dets", "5", "--T", "50"],
-               "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"], "gt": ["--props-gt", "--max-dets", "7"]}
+    singles = {
+        "sel": ["--mode", "sel", "--head-ckpt", h],
+        "avg5": ["--mode", "avg", "--head-ckpt", h, "--max-dets", "5", "--T", "50"],
+        "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"],
+        "gt": ["--props-gt", "--max-dets", "7"],
+    }
     for name, flags in singles.items():
         one = tmp_path / f"{name}.json"
         r = cli("infer", *common, "--mode", "orig", *flags, "--out", one)
@@ -114,7 +123,6 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
     assert (tmp_path / "gt.json").read_bytes() != (tmp_path / "sweep" / "orig" / "results.json").read_bytes()
     r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stderr, r.stderr
-
 
 
 def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, quick_detector, quick_bench, tmp_path):
@@ -138,8 +146,9 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
     ds = Subset(DetectionDataset(ann, quick_bench / "images" / "val", with_masks=False), range(12))
     counts = [c["instance_count"] for c in ck["category_stats"]]
     fns = {"orig": None, "sel": make_score_fn(counts, "sel", head, 300), "avg": make_score_fn(counts, "avg", head, 30)}
-    got = predict_variants(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping,
-                           {k: (fn, 300) for k, fn in fns.items()})
+    got = predict_variants(
+        model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping, {k: (fn, 300) for k, fn in fns.items()}
+    )
     for name, fn in fns.items():
         model.roi_heads.score_fn = fn
         ref = predict(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping)
@@ -154,16 +163,54 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, 
     import subprocess
     import sys
 
-    (tmp_path / "v.json").write_text(json.dumps([{"name": "orig", "max_dets": 20}, {"name": "gt", "props_gt": True},
-                                                 {"name": "nc", "posthoc": "norcal", "gamma": 0.5}]))
-    base = ["-m", "simcal", "infer", "--checkpoint", str(quick_detector), "--data", str(quick_bench), "--split",
-            "val", "--sweep", str(tmp_path / "v.json"), "--batch-size", "3", "--device", "cpu"]
+    (tmp_path / "v.json").write_text(
+        json.dumps(
+            [
+                {"name": "orig", "max_dets": 20},
+                {"name": "gt", "props_gt": True},
+                {"name": "nc", "posthoc": "norcal", "gamma": 0.5},
+            ]
+        )
+    )
+    base = [
+        "-m",
+        "simcal",
+        "infer",
+        "--checkpoint",
+        str(quick_detector),
+        "--data",
+        str(quick_bench),
+        "--split",
+        "val",
+        "--sweep",
+        str(tmp_path / "v.json"),
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}  # as torchrun sets per process
-    r = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        *base, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *base,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("orig", "gt", "nc"):
         one = (tmp_path / "one" / name / "results.json").read_bytes()
@@ -172,19 +219,31 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, 
     assert manifest["record"]["world_size"] == 2
 
 
-@pytest.mark.parametrize("variants, message", [
-    ([{"name": "a", "colour": "red"}], "variant 0 has unknown keys ['colour']"),
-    ([{"name": "a"}, {"name": "a", "mode": "orig"}], "repeats the variant names ['a']"),
-    ([{"name": "../up"}], "is not a plain folder name"),
-    ([{"name": "a", "mode": "sel"}], "mode sel needs a calibrated head"),
-    ([{"name": "a", "props_gt": True, "posthoc": "norcal"}], "props-gt replaces the classifier"),
-    ([{"name": "a", "max_dets": 0}], "max_dets must be a positive integer"),
-    ({"name": "a"}, "must be a non-empty JSON list of objects"),
-])
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ([{"name": "a", "colour": "red"}], "variant 0 has unknown keys ['colour']"),
+        ([{"name": "a"}, {"name": "a", "mode": "orig"}], "repeats the variant names ['a']"),
+        ([{"name": "../up"}], "is not a plain folder name"),
+        ([{"name": "a", "mode": "sel"}], "mode sel needs a calibrated head"),
+        ([{"name": "a", "props_gt": True, "posthoc": "norcal"}], "props-gt replaces the classifier"),
+        ([{"name": "a", "max_dets": 0}], "max_dets must be a positive integer"),
+        ({"name": "a"}, "must be a non-empty JSON list of objects"),
+    ],
+)
 def test_bad_sweep_files_are_refused(quick_detector, quick_bench, tmp_path, cli, variants, message):
     (tmp_path / "v.json").write_text(json.dumps(variants))
-    r = cli("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--sweep", tmp_path / "v.json",
-                   "--out", tmp_path / "o")
+    r = cli(
+        "infer",
+        "--checkpoint",
+        quick_detector,
+        "--data",
+        quick_bench,
+        "--sweep",
+        tmp_path / "v.json",
+        "--out",
+        tmp_path / "o",
+    )
     assert r.returncode == 2 and message in r.stderr and "v.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
@@ -211,8 +270,17 @@ def test_head_from_another_detector_is_refused(quick_caches, quick_bench, tmp_pa
     det = make_checkpoint(build("tiny", 12), "tiny", {}, ann.mapping, category_statistics(ann), ann.fingerprint, {}, 0)
     save_checkpoint(det, tmp_path / "det.pth")
     # the real exit-code path of 'simcal infer', through a process
-    r = run_simcal("infer", "--checkpoint", tmp_path / "det.pth", "--head-ckpt", tmp_path / "foreign.pth",
-                   "--data", quick_bench, "--out", tmp_path / "r.json")
+    r = run_simcal(
+        "infer",
+        "--checkpoint",
+        tmp_path / "det.pth",
+        "--head-ckpt",
+        tmp_path / "foreign.pth",
+        "--data",
+        quick_bench,
+        "--out",
+        tmp_path / "r.json",
+    )
     assert r.returncode == 2 and "was calibrated on features of another detector" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal infer: error: ")
     assert not (tmp_path / "r.json").exists()
