@@ -56,8 +56,8 @@ bench: $(STAMP)
 	fi
 	$(BIN)/python benchmarks/render.py
 
-bench-docs:
-	$(PYTHON) benchmarks/render.py
+bench-docs: $(STAMP)
+	$(BIN)/python benchmarks/render.py
 
 clean:
 	rm -rf runs .pytest_cache .lintview

@@ -35,6 +35,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from simcal.core.atomic import write_text  # the project's one atomic writer
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: Paths whose changes do not make a recorded commit dirty (this tool's and render.py's outputs).
@@ -128,18 +130,6 @@ def last_json_object(lines: list[str]) -> dict | None:
     return None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """``path`` appears complete or not at all: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fail(msg: str, code: int = 1) -> int:
@@ -181,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
     }
     out = RESULTS / f"{name}.json"
-    write_atomic(out, json.dumps(record, indent=2) + "\n")
+    write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"record.py: wrote {out.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

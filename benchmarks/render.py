@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from simcal.core.atomic import write_text  # the project's one atomic writer
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("benchmark", "command", "commit", "date", "machine", "figures")
@@ -130,17 +131,6 @@ def render(records: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="page to write (default docs/benchmarks.md)")
     args = p.parse_args(argv)
     records = load_records(args.results)
-    write_atomic(args.out, render(records))
+    write_text(args.out, render(records))
     print(f"render.py: {len(records)} record(s) -> {args.out}", file=sys.stderr)
     return 0
 
