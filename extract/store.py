@@ -122,77 +122,58 @@ def consolidate(
     """Merge the parts into the final store at ``out`` (see module doc); returns the counts written."""
     paths = [part_path(out, p) for p in range(num_parts)]
     rows_per_image = np.concatenate([np.load(p)["rows_per_image"] for p in paths])
-    with atomic_target(out) as tmp:
-        counts = _write_store(
-            tmp, paths, rows_per_image, image_ids, dim, dtype, num_classes, attrs, head_weights, progress
-        )
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
-    return counts
-
-
-def _write_store(
-    tmp: Path,
-    paths: list[Path],
-    rows_per_image: np.ndarray,
-    image_ids: np.ndarray,
-    dim: int,
-    dtype: str,
-    num_classes: int,
-    attrs: dict[str, Any],
-    head_weights: dict[str, np.ndarray],
-    progress: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    """Write the whole store at ``tmp`` (``complete`` last); returns the counts."""
     import zarr
 
-    R = int(rows_per_image.sum())
-    root = zarr.open_group(str(tmp), mode="w")
-    root.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False})
-    writers = {}
-    for name, (dt, shape_tail) in row_specs(dtype, dim).items():
-        row_bytes = int(np.dtype(dt).itemsize * int(np.prod(shape_tail or (1,))))
-        rows = chunk_rows(row_bytes)
-        kw: dict[str, Any] = {"chunks": (rows, *shape_tail)}
-        if name == "features":  # the only large array: shards keep the file count low
-            kw["shards"] = (rows * CHUNKS_PER_SHARD, *shape_tail)
-            kw["compressors"] = None  # fp16 activations barely compress; reads stay plain copies
-        arr = root.create_array(name, shape=(R, *shape_tail), dtype=dt, fill_value=0, **kw)
-        writers[name] = ShardAlignedWriter(arr, kw.get("shards", kw["chunks"])[0])
-    labels = np.empty(R, dtype=np.int16)
-    image_index = np.empty(R, dtype=np.int32)
-    pos = 0
-    for p in paths:
-        with np.load(p) as part:
-            n = len(part["labels"])
-            for name, w in writers.items():
-                w.append(part[name])
-            labels[pos : pos + n] = part["labels"]
-            image_index[pos : pos + n] = part["image_index"]
-            pos += n
-            if progress:
-                progress(len(part["rows_per_image"]))
-    for w in writers.values():
-        w.close()
-    root.create_array("image_ids", data=image_ids.astype(np.int64))
-    index = build_index(labels, image_index, len(image_ids), num_classes)
-    ig = root.create_group("index")
-    for name in INDEX_ARRAYS:
-        ig.create_array(name, data=index[name])
-    hg = root.create_group("detector_head")
-    for name in HEAD_ARRAYS:
-        hg.create_array(name, data=np.asarray(head_weights[name], dtype=np.float32))
-    fg = int((labels > 0).sum())
-    counts = {
-        "rows": R,
-        "images": int(len(image_ids)),
-        "fg_rows": fg,
-        "bg_rows": R - fg,
-        "gt_rows": None,
-        "classes_with_rows": int((np.diff(index["class_row_ptr"])[1:] > 0).sum()),
-    }
-    counts["gt_rows"] = int(sum(int(np.load(p)["is_gt"].sum()) for p in paths))
-    root.attrs.update({**attrs, "counts": counts})
-    root.attrs["complete"] = True  # last: everything above is on disk
+    with atomic_target(out) as tmp:  # the store appears at ``out`` whole, ``complete`` written last
+        R = int(rows_per_image.sum())
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False})
+        writers = {}
+        for name, (dt, shape_tail) in row_specs(dtype, dim).items():
+            row_bytes = int(np.dtype(dt).itemsize * int(np.prod(shape_tail or (1,))))
+            rows = chunk_rows(row_bytes)
+            kw: dict[str, Any] = {"chunks": (rows, *shape_tail)}
+            if name == "features":  # the only large array: shards keep the file count low
+                kw["shards"] = (rows * CHUNKS_PER_SHARD, *shape_tail)
+                kw["compressors"] = None  # fp16 activations barely compress; reads stay plain copies
+            arr = root.create_array(name, shape=(R, *shape_tail), dtype=dt, fill_value=0, **kw)
+            writers[name] = ShardAlignedWriter(arr, kw.get("shards", kw["chunks"])[0])
+        labels = np.empty(R, dtype=np.int16)
+        image_index = np.empty(R, dtype=np.int32)
+        pos = 0
+        for p in paths:
+            with np.load(p) as part:
+                n = len(part["labels"])
+                for name, w in writers.items():
+                    w.append(part[name])
+                labels[pos : pos + n] = part["labels"]
+                image_index[pos : pos + n] = part["image_index"]
+                pos += n
+                if progress:
+                    progress(len(part["rows_per_image"]))
+        for w in writers.values():
+            w.close()
+        root.create_array("image_ids", data=image_ids.astype(np.int64))
+        index = build_index(labels, image_index, len(image_ids), num_classes)
+        ig = root.create_group("index")
+        for name in INDEX_ARRAYS:
+            ig.create_array(name, data=index[name])
+        hg = root.create_group("detector_head")
+        for name in HEAD_ARRAYS:
+            hg.create_array(name, data=np.asarray(head_weights[name], dtype=np.float32))
+        fg = int((labels > 0).sum())
+        counts = {
+            "rows": R,
+            "images": int(len(image_ids)),
+            "fg_rows": fg,
+            "bg_rows": R - fg,
+            "gt_rows": None,
+            "classes_with_rows": int((np.diff(index["class_row_ptr"])[1:] > 0).sum()),
+        }
+        counts["gt_rows"] = int(sum(int(np.load(p)["is_gt"].sum()) for p in paths))
+        root.attrs.update({**attrs, "counts": counts})
+        root.attrs["complete"] = True  # last: everything above is on disk
+    shutil.rmtree(parts_dir(out), ignore_errors=True)
     return counts
 
 
