@@ -15,9 +15,8 @@ from simcal.core.errors import input_error
 def resolve_dataset(data: str | os.PathLike | None, split: str, ann: str | os.PathLike | None,
                     images: str | os.PathLike | None, what: str = "images") -> tuple[Path, Path]:
     """(annotation file, image root) from the flags of :func:`simcal.core.cli_args.add_dataset_args`."""
-    flag = "--ann"
     if data and ann:
-        raise input_error(None, f"pass either --data (with --split) or {flag} with --images, not both")
+        raise input_error(None, "pass either --data (with --split) or --ann with --images, not both")
     if data:
         root = Path(data)
         path = root / "annotations" / f"{split}.json"
@@ -25,5 +24,5 @@ def resolve_dataset(data: str | os.PathLike | None, split: str, ann: str | os.Pa
             raise input_error(root, f"has no annotations/{split}.json", "pass a folder written by 'simcal data synth'")
         return path, root / "images" / split
     if not ann or not images:
-        raise input_error(None, f"no {what} given", f"pass --data DIR (with --split), or {flag} FILE with --images DIR")
+        raise input_error(None, f"no {what} given", "pass --data DIR (with --split), or --ann FILE with --images DIR")
     return Path(ann), Path(images)

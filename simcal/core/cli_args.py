@@ -6,8 +6,6 @@ same name, meaning and help everywhere it appears.
 
 from __future__ import annotations
 
-import argparse
-
 from simcal.core.names import AMP
 
 
@@ -39,4 +37,4 @@ def describe(names: dict[str, str]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in names.items())
 
 
-__all__ = ["add_amp_arg", "add_dataset_args", "add_device_arg", "add_seed_arg", "argparse", "describe"]
+__all__ = ["add_amp_arg", "add_dataset_args", "add_device_arg", "add_seed_arg", "describe"]
