@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from simcal.core.names import BIN_EDGES
+from simcal.core.cli_args import describe
+from simcal.core.names import BIN_EDGES, SYNTH_PRESETS
 
 
 def add_parser(sub) -> None:
@@ -43,9 +44,8 @@ def add_parser(sub) -> None:
         "files. An existing benchmark with the same preset and seed is reused.",
     )
     y.add_argument("--out", required=True, metavar="DIR", help="output folder (created atomically)")
-    y.add_argument("--preset", choices=("quick", "default"), default="default",
-                   help="default: 42 classes, ~6.7k train images (a CPU detector learns it in ~10 min); "
-                   "quick: 12 classes, seconds to make (tests)")
+    y.add_argument("--preset", choices=tuple(SYNTH_PRESETS), default="default",
+                   help=f"benchmark size (default: default). {describe(SYNTH_PRESETS)}")
     y.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     y.add_argument("--overwrite", action="store_true", help="replace a different benchmark at --out")
     y.add_argument("--no-stats", action="store_true", help="do not print train statistics at the end")

@@ -9,7 +9,11 @@ first (shutil.copytree) when a test needs a broken or changed one.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: the workers share the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -64,3 +68,17 @@ def quick_caches(quick_bench, quick_detector, tmp_path_factory) -> dict:
                        "--out", out[split])
         assert rc == 0 and out[split].exists()
     return out
+
+
+@pytest.fixture(scope="session")
+def few_val(quick_bench, tmp_path_factory) -> tuple:
+    """``--ann FILE --images DIR`` for the first 8 val images: inference tests compare runs, not accuracy."""
+    import json
+
+    doc = json.loads((quick_bench / "annotations" / "val.json").read_text())
+    keep = {im["id"] for im in doc["images"][:8]}
+    doc["images"] = [im for im in doc["images"] if im["id"] in keep]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
+    ann = tmp_path_factory.mktemp("few_val") / "val8.json"
+    ann.write_text(json.dumps(doc))
+    return ("--ann", ann, "--images", quick_bench / "images" / "val")

@@ -81,3 +81,10 @@ FEATURE_DTYPES = ("float16", "int8")
 
 #: ``--amp``: mixed precision on, off, or on where CUDA runs.
 AMP = ("auto", "on", "off")
+
+#: Synthetic benchmark presets (simcal.data.synthetic.PRESETS holds their sizes).
+SYNTH_PRESETS = {
+    "default": "42 classes, 128-px images (docs/design.md §8.1)",
+    "quick": "12 classes, 64-px images, every bin present",
+    "smoke": "quick's train split with 2 val instances per class",
+}

@@ -1,4 +1,4 @@
-"""simcal demo --preset quick: the whole pipeline end to end, through a real process, and its resume."""
+"""simcal demo --preset smoke: the whole pipeline end to end, through a real process, and its resume."""
 
 import json
 
@@ -9,9 +9,9 @@ from tests.helpers import run_simcal
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
-    """--preset quick end to end: every report section and summary key, figures as PNG, reuse on re-run."""
+    """--preset smoke end to end: every report section and summary key, figures as PNG, reuse on re-run."""
     out = tmp_path / "demo"
-    r = run_simcal("demo", "--preset", "quick", "--out", out, timeout=1800)  # a hang guard, not a budget
+    r = run_simcal("demo", "--preset", "smoke", "--out", out, timeout=1800)  # a hang guard, not a budget
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report.md").read_text()
     for section in ("## Checks", "## Table 3", "## Table 5", "## Fig. 4a", "## Fig. 4b", "## Fig. 4c", "## Table 4",
@@ -20,11 +20,11 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
         assert section in report, section
     for png in ("train_instances.png", "fig4a_steps.png", "fig4b_heads.png", "fig4c_T.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in report
-    assert '"preset": "quick"' in (out / "config.json").read_text()
+    assert '"preset": "smoke"' in (out / "config.json").read_text()
     summary = json.loads((out / "summary.json").read_text())
     keys = ("baseline", "calibrated", "dual_sel", "dual_avg", "head_2fc_rand", "head_3fc_rand", "head_3fc_ft",
             "head_2fc_ncm", "props_gt", "norcal", "logit_adjust", "tau_norm", "baseline_300", "dual_sel_300",
-            "decoupled_cm", "decoupled_is", "T_10", "steps_50")
+            "decoupled_cm", "decoupled_is", "T_10", "steps_20")
     for key in keys:
         for t in ("bbox", "segm"):
             assert set(summary[key][t]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}, key
@@ -35,7 +35,7 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     # The post-hoc and props-gt rows are not the baseline under another name.
     assert summary["props_gt"]["segm"]["AP"] != summary["baseline"]["segm"]["AP"]
     # A second run (in-process: the first was the real process) reuses the detector, the heads and the predictions.
-    r2 = cli("demo", "--preset", "quick", "--out", out)
+    r2 = cli("demo", "--preset", "smoke", "--out", out)
     assert r2.returncode == 0 and "reusing" in r2.stderr
     assert "reusing 22 finished variant(s)" in r2.stderr
     again = json.loads((out / "summary.json").read_text())

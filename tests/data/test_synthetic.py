@@ -31,6 +31,15 @@ def test_default_preset_design_meets_the_spec():
     assert max_dets_for(len(classes)) == 10 and max_dets_for(1230) == 300
 
 
+def test_presets_are_the_registered_names_and_smoke_is_quick_with_a_small_val():
+    from dataclasses import replace
+
+    from simcal.core.names import SYNTH_PRESETS
+
+    assert tuple(PRESETS) == tuple(SYNTH_PRESETS)
+    assert PRESETS["smoke"] == replace(PRESETS["quick"], val_per_class=2)
+
+
 def test_quick_benchmark_is_valid_lvis_and_long_tailed(quick_bench):
     train, val = _load(quick_bench, "train"), _load(quick_bench, "val")
     cfg = PRESETS["quick"]

@@ -60,7 +60,7 @@ def test_props_gt_classifies_proposals_by_their_ground_truth_box():
     assert torch.allclose(q, expected)
 
 
-def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, quick_bench, tmp_path, cli):
+def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, few_val, tmp_path, cli):
     """3fc_ft starts as the detector's classifier, so every mode must give the baseline's detections."""
     cache = Cache(quick_caches["train"])
     cfg = CalibConfig(head="3fc_ft", steps=1, lr=0.0)
@@ -70,8 +70,7 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     for mode in ("orig", "sel", "cal", "avg"):
         out = tmp_path / f"{mode}.json"
         extra = [] if mode == "orig" else ["--head-ckpt", tmp_path / "h.pth"]
-        r = cli("infer", "--checkpoint", quick_detector, "--data", quick_bench, "--split", "val",
-                "--mode", mode, "--out", out, *extra)
+        r = cli("infer", "--checkpoint", quick_detector, *few_val, "--mode", mode, "--out", out, *extra)
         assert r.returncode == 0, r.stderr
         outs[mode] = json.loads(out.read_text())
     base = outs["orig"]
@@ -86,7 +85,7 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     assert "counts" in base[0]["segmentation"]
 
 
-def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quick_bench, tmp_path, cli):
+def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, few_val, tmp_path, cli):
     """One backbone pass for many variants must give each variant's single-run detections, byte for byte."""
     cache = Cache(quick_caches["train"])
     cfg = CalibConfig(head="2fc_rand", steps=20)
@@ -101,7 +100,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, quic
         {"name": "gt", "props_gt": True, "max_dets": 7},
     ]
     (tmp_path / "v.json").write_text(json.dumps(variants))
-    common = ("--checkpoint", quick_detector, "--data", quick_bench, "--split", "val")
+    common = ("--checkpoint", quick_detector, *few_val)
     r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
     assert r.returncode == 0, r.stderr
     # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
@@ -143,21 +142,21 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
     head = load_head(tmp_path / "h.pth")[0].eval()
     model, ck = load_checkpoint(quick_detector, "cpu")
     ann = load_annotations(quick_bench / "annotations" / "val.json")
-    ds = Subset(DetectionDataset(ann, quick_bench / "images" / "val", with_masks=False), range(12))
+    ds = Subset(DetectionDataset(ann, quick_bench / "images" / "val", with_masks=False), range(6))
     counts = [c["instance_count"] for c in ck["category_stats"]]
     fns = {"orig": None, "sel": make_score_fn(counts, "sel", head, 300), "avg": make_score_fn(counts, "avg", head, 30)}
     got = predict_variants(
-        model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping, {k: (fn, 300) for k, fn in fns.items()}
+        model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping, {k: (fn, 300) for k, fn in fns.items()}
     )
     for name, fn in fns.items():
         model.roi_heads.score_fn = fn
-        ref = predict(model, DataLoader(ds, batch_size=5, collate_fn=collate), ann.mapping)
+        ref = predict(model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping)
         assert len(ref) > 0 and got[name] == ref, name
     assert got["sel"] != got["orig"]
 
 
 @pytest.mark.slow
-def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, tmp_path):
+def test_torchrun_sharded_sweep_equals_one_process(quick_detector, few_val, tmp_path):
     """Images are sharded over processes; the merged, re-sorted output is the one-process output."""
     import os
     import subprocess
@@ -178,14 +177,11 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, quick_bench, 
         "infer",
         "--checkpoint",
         str(quick_detector),
-        "--data",
-        str(quick_bench),
-        "--split",
-        "val",
+        *map(str, few_val),
         "--sweep",
         str(tmp_path / "v.json"),
         "--batch-size",
-        "3",
+        "2",  # 8 images: every batch holds 2 images in both runs (float results depend on the batch size)
         "--device",
         "cpu",
     ]
