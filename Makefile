@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Exact versions for reproducible runs; setup.cfg keeps open ranges for users.
 PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.0 \
           lvis==0.5.3 pycocotools==2.0.11 faster-coco-eval==1.8.0 tqdm==4.70.1 \
-          matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0 ruff==0.17.6 import-linter==2.17
+          matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0 pytest-xdist==3.8.0 ruff==0.17.6 import-linter==2.17
 STAGES := data detector extract calibrate infer evaluate
 
 .PHONY: venv demo test test-fast lint bench bench-docs clean
@@ -18,19 +18,21 @@ venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(PINNED)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile $(PINNED)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/simcal demo --out runs/demo
 
+# Two workers, one per core (tests/conftest.py gives each one torch thread); a file's tests stay on one worker
+# so the session fixtures (the quick benchmark, detector and caches) are built once per worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop: everything but the demo, torchrun and kill tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # ruff (pyproject.toml), then the import layers (pyproject.toml [tool.importlinter]). import-linter
 # finds subpackages on disk below the root package, while each stage folder installs as

@@ -61,9 +61,9 @@ PRESETS: dict[str, SynthConfig] = {
     # docs/design.md §8.1: 42 classes, bin 1 with 1-4 instances (the symptom needs it), 128-px images.
     "default": SynthConfig(6, 7, 128, (3, 6), (12, 40), ((1, 4), (10, 99), (100, 999), (2000, 3000)), 50),
     # The smallest benchmark with every bin present, for tests: 12 classes, 64-px images.
-    "quick": SynthConfig(4, 3, 64, (2, 4), (8, 22), ((1, 3), (10, 30), (100, 140), (1000, 1040)), 15),
-    # quick's train split with 2 val instances per class: the demo's end-to-end test, where inference dominates.
-    "smoke": SynthConfig(4, 3, 64, (2, 4), (8, 22), ((1, 3), (10, 30), (100, 140), (1000, 1040)), 2),
+    "quick": SynthConfig(4, 3, 64, (4, 8), (8, 18), ((1, 3), (10, 30), (100, 140), (1000, 1040)), 15),
+    # quick with 2 val instances per class: the demo's end-to-end test, where inference dominates.
+    "smoke": SynthConfig(4, 3, 64, (4, 8), (8, 18), ((1, 3), (10, 30), (100, 140), (1000, 1040)), 2),
 }
 
 

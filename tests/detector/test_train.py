@@ -31,7 +31,8 @@ def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path, cli):
     assert [rec["iter"] for rec in log] == [1, 2, 3, 4] and all("loss_classifier" in rec for rec in log)
     assert log[0]["lr"] < log[1]["lr"] < log[2]["lr"] == 0.02 and log[3]["lr"] < 0.02  # warm-up, then x0.1
     cfg = json.loads((tmp_path / "tiny.pth.config.json").read_text())
-    assert cfg["cls_loss_config"]["name"] == "reweight" and cfg["repeat_factor_images"] > 1178
+    n_images = len(json.loads((quick_bench / "annotations" / "train.json").read_text())["images"])
+    assert cfg["cls_loss_config"]["name"] == "reweight" and cfg["repeat_factor_images"] > n_images
     assert not (tmp_path / "tiny.pth.resume.pth").exists()
     # A finished run is not redone; an existing output is not overwritten by accident.
     again = _train(quick_bench, out, "--iters", "4", "--resume", "--sampler", "repeat_factor", "--rfs-t", "0.1",
