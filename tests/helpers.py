@@ -75,3 +75,26 @@ def call_main(*args) -> int:
         return main([str(a) for a in args])
     except SystemExit as e:  # argparse: --help (0), usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def torchrun_simcal(*args, nproc: int = 2, timeout=300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m simcal ARGS`` on CPU with gloo (one thread per process)."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", "simcal", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def call_main_one_thread(*args) -> int:
+    """:func:`call_main` with one torch thread, as each torchrun process has: float reductions depend on the
+    thread count, so a one-process reference for a torchrun run is computed this way (in-process, no start-up)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return call_main(*args)
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from simcal.detector.checkpoint import load_checkpoint
-from tests.helpers import call_main, run_simcal
+from tests.helpers import call_main, run_simcal, torchrun_simcal
 
 FAST = ["--arch", "tiny", "--batch-size", "2", "--warmup", "2", "--log-every", "1"]
 
@@ -68,11 +68,8 @@ def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path, cli):
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(quick_bench, tmp_path):
     out = tmp_path / "ddp.pth"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "simcal", "train", "--data", str(quick_bench), "--out", str(out), "--arch", "tiny",
-                        "--batch-size", "4", "--iters", "3", "--warmup", "1", "--checkpoint-every", "2",
-                        "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    r = torchrun_simcal("train", "--data", quick_bench, "--out", out, "--arch", "tiny", "--batch-size", "4",
+                        "--iters", "3", "--warmup", "1", "--checkpoint-every", "2", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     _, ck = load_checkpoint(out)
     assert ck["iteration"] == 3

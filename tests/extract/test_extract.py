@@ -16,7 +16,7 @@ from simcal.data.detection_dataset import DetectionDataset
 from simcal.detector.builders import build
 from simcal.detector.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from simcal.extract.schema import INDEX_ARRAYS, Cache
-from tests.helpers import call_main, run_simcal
+from tests.helpers import call_main, call_main_one_thread, run_simcal, torchrun_simcal
 
 ROW_ARRAYS = ("features", "labels", "ious", "boxes", "image_index", "is_gt", "flipped")
 
@@ -146,15 +146,9 @@ def test_resume_after_kill_and_torchrun_match_one_process(few_val, detector, tmp
 
     # torchrun gives each process one thread; float reductions depend on the thread count, so the
     # one-process reference runs with one thread too. Row choices do not depend on it at all.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}
-    one = tmp_path / "one.zarr"
-    r = subprocess.run([sys.executable, *base, "--out", str(one), "--device", "cpu"], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    ddp = tmp_path / "ddp.zarr"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        *base, "--out", str(ddp), "--device", "cpu"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    one, ddp = tmp_path / "one.zarr", tmp_path / "ddp.zarr"
+    assert call_main_one_thread(*base[2:], "--out", one, "--device", "cpu") == 0
+    r = torchrun_simcal(*base[2:], "--out", ddp, "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     assert Cache(ddp).attrs["world_size"] == 2
     one_arrays = _arrays(one)

@@ -8,7 +8,7 @@ import torch
 from simcal.calibrate.trainer import CalibConfig, head_checkpoint, save_head, train_head
 from simcal.extract.schema import Cache
 from simcal.infer.scoring import PropsGT, combine, logit_adjust, make_score_fn, norcal, rare_mask, tau_norm_logits
-from tests.helpers import run_simcal
+from tests.helpers import call_main_one_thread, run_simcal, torchrun_simcal
 
 
 def test_sel_takes_calibrated_columns_of_rare_classes_without_renormalising():
@@ -158,55 +158,14 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
 @pytest.mark.slow
 def test_torchrun_sharded_sweep_equals_one_process(quick_detector, few_val, tmp_path):
     """Images are sharded over processes; the merged, re-sorted output is the one-process output."""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "v.json").write_text(
-        json.dumps(
-            [
-                {"name": "orig", "max_dets": 20},
-                {"name": "gt", "props_gt": True},
-                {"name": "nc", "posthoc": "norcal", "gamma": 0.5},
-            ]
-        )
-    )
-    base = [
-        "-m",
-        "simcal",
-        "infer",
-        "--checkpoint",
-        str(quick_detector),
-        *map(str, few_val),
-        "--sweep",
-        str(tmp_path / "v.json"),
-        "--batch-size",
-        "2",  # 8 images: every batch holds 2 images in both runs (float results depend on the batch size)
-        "--device",
-        "cpu",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMCAL_DIST_BACKEND": "gloo"}  # as torchrun sets per process
-    r = subprocess.run(
-        [sys.executable, *base, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            *base,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    variants = [{"name": "orig", "max_dets": 20}, {"name": "gt", "props_gt": True},
+                {"name": "nc", "posthoc": "norcal", "gamma": 0.5}]
+    (tmp_path / "v.json").write_text(json.dumps(variants))
+    # 8 images: every batch holds 2 images in both runs (float results depend on the batch size)
+    base = ["infer", "--checkpoint", quick_detector, *few_val, "--sweep", tmp_path / "v.json", "--batch-size", "2",
+            "--device", "cpu"]
+    assert call_main_one_thread(*base, "--out", tmp_path / "one") == 0
+    r = torchrun_simcal(*base, "--out", tmp_path / "ddp")
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("orig", "gt", "nc"):
         one = (tmp_path / "one" / name / "results.json").read_bytes()
