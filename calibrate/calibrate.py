@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from simcal.core.checks import NONNEG_INT, POSITIVE_INT, check
 from simcal.core.errors import input_error
 from simcal.core.names import HEADS, LOSSES, SAMPLERS
 
@@ -24,23 +25,13 @@ from simcal.core.names import HEADS, LOSSES, SAMPLERS
 def _config(args: argparse.Namespace, amp: bool, **override: Any):
     from simcal.calibrate.trainer import CalibConfig
 
-    try:
-        lr_steps = tuple(float(s) for s in args.lr_steps.split(",") if s.strip())
-    except ValueError:
-        raise input_error(None, f"--lr-steps {args.lr_steps!r} is not a comma-separated list of fractions")
     cfg = CalibConfig(head=args.head, sampler=args.sampler, loss=args.loss, steps=args.steps, lr=args.lr,
-                      lr_steps=lr_steps, classes_per_batch=args.classes_per_batch,
+                      lr_steps=tuple(args.lr_steps), classes_per_batch=args.classes_per_batch,
                       images_per_class=args.images_per_class, bg_ratio=args.bg_ratio, batch_rows=args.batch_rows,
                       seed=args.seed, amp=amp)
     for k, v in override.items():
         setattr(cfg, k, v)
-    for what, value, known in (("head", cfg.head, HEADS), ("sampler", cfg.sampler, SAMPLERS),
-                               ("loss", cfg.loss, LOSSES)):
-        if value not in known:
-            raise input_error(None, f"unknown {what} {value!r}", f"choose from {', '.join(known)}")
-    if not isinstance(cfg.steps, int) or cfg.steps <= 0:
-        raise input_error(None, f"steps must be a positive integer (got {cfg.steps!r})")
-    return cfg
+    return cfg  # every value was checked where it came from: a flag (argparse) or a grid (_grid_axis)
 
 
 def sampler_statistics(cache, index, cfg) -> dict[str, Any]:
@@ -94,7 +85,7 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
 
     from simcal.calibrate.evaluate_cache import proposal_accuracy
     from simcal.calibrate.trainer import head_checkpoint, save_head, train_head
-    from simcal.core.atomic import write_json
+    from simcal.core.atomic import atomic_open, write_json
     from simcal.core.manifest import completed, remove_manifest, write_manifest
 
     identity = _identity(cfg, cache, eval_cache)
@@ -103,10 +94,10 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
         print(f"reusing {out} (same configuration and cache)", file=sys.stderr)
         return previous["record"]["row"]
     remove_manifest(out)
+    # The log appears with its head: a run that fails leaves neither (atomic_open removes its temporary file).
     log_path = out.with_name(out.name + ".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
-                                        disable=None, leave=False) as bar:
+    with atomic_open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
+                                               disable=None, leave=False) as bar:
         head, info = train_head(cache, cfg, device, reader, index, lambda rec: f.write(json.dumps(rec) + "\n"), bar,
                                 source)
     ck = head_checkpoint(head, cfg, cache, info)
@@ -141,12 +132,11 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     from simcal.data.layout import resolve_dataset
     from simcal.detector.checkpoint import check_categories, load_checkpoint
 
+    _check_out(args)
     if not args.checkpoint:
         raise input_error(None, "--source online needs --checkpoint CKPT and --data DIR (or --ann FILE --images DIR)",
                           "the detector and the images it was trained on")
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
-    if not args.out:
-        raise input_error(None, "--out HEAD.pth is required", "name the head checkpoint to write")
     if args.sweep or args.sample_only or cfg.sampler != "bilevel":
         raise input_error(None, "--source online runs one bi-level calibration; sweeps, --sample-only and "
                           "other samplers work from a cache")
@@ -164,33 +154,72 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     return 0
 
 
+#: A grid's keys: the registry its names come from, or the rule its numbers follow (as the flags).
+GRID_NAMES = {"head": HEADS, "sampler": SAMPLERS, "loss": LOSSES}
+GRID_NUMBERS = {"steps": POSITIVE_INT, "seed": NONNEG_INT}
+
+
+def _grid_axis(path: str, key: str, value: Any) -> list:
+    """One key's values, each checked: a registered name or a number by the flag's rule."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise input_error(path, f"has an empty list for '{key}'", "give at least one value or leave the key out")
+    for v in values:
+        if key in GRID_NAMES and (not isinstance(v, str) or v not in GRID_NAMES[key]):
+            raise input_error(path, f"has {key} {v!r}, which is not one of {', '.join(GRID_NAMES[key])}")
+        if key in GRID_NUMBERS:
+            try:
+                check(v, GRID_NUMBERS[key], key)
+            except ValueError as e:
+                raise input_error(path, str(e))
+    return values
+
+
 def _sweep_configs(args: argparse.Namespace, cfg, amp: bool) -> list:
     """Every configuration of the grid file (a grid, or a list of grids: their union, in order)."""
     from simcal.core.jsonio import read_json
 
     grid = read_json(args.sweep, "a JSON grid such as {\"head\": [\"3fc_ft\", \"2fc_rand\"]}")
     keys = ("head", "sampler", "loss", "steps", "seed")
+    grids = grid if isinstance(grid, list) else [grid]
+    if not grids:
+        raise input_error(args.sweep, "holds no grid", 'give an object such as {"head": ["3fc_ft", "2fc_rand"]}')
     combos: list[tuple] = []
-    for g in grid if isinstance(grid, list) else [grid]:
+    for g in grids:
         if not isinstance(g, dict):
             raise input_error(args.sweep, "must be a JSON object of lists, or a list of such objects")
         unknown = sorted(set(g) - set(keys))
         if unknown:
             raise input_error(args.sweep, f"has unknown keys {unknown}", f"use only {', '.join(keys)}")
-        axes = [list(g[k]) if isinstance(g.get(k), list) else [g.get(k, getattr(cfg, k))] for k in keys]
+        axes = [_grid_axis(args.sweep, k, g[k]) if k in g else [getattr(cfg, k)] for k in keys]
         combos += [c for c in itertools.product(*axes) if c not in combos]
     return [_config(args, amp, **dict(zip(keys, c))) for c in combos]
 
 
-def _run_sweep(args: argparse.Namespace, cfg, amp: bool, cache, device, reader, index, eval_cache,
+def _check_out(args: argparse.Namespace) -> None:
+    """Outputs are checked before any work: a head is a file, a sweep a folder."""
+    if args.sample_only:
+        if not args.stats:
+            raise input_error(None, "--sample-only needs --stats OUT.json")
+        if Path(args.stats).is_dir():
+            raise input_error(args.stats, "is a folder", "pass a file name such as stats.json")
+        return
+    if not args.out:
+        what = "--sweep needs --out DIR" if args.sweep else "--out HEAD.pth is required"
+        raise input_error(None, what, "name where the heads go" if args.sweep else "name the head checkpoint to write")
+    out = Path(args.out)
+    if args.sweep and out.exists() and not out.is_dir():
+        raise input_error(out, "is a file, and --sweep writes a folder", "pass a folder name")
+    if not args.sweep and out.is_dir():
+        raise input_error(out, "is a folder", "pass a file name such as head.pth")
+
+
+def _run_sweep(args: argparse.Namespace, configs: list, cache, device, reader, index, eval_cache,
                eval_reader) -> int:
     """One head per configuration of the grid, then results.json and results.md in the folder."""
     from simcal.core.atomic import write_json, write_text
 
-    if not args.out:
-        raise input_error(None, "--sweep needs --out DIR", "name the folder the heads go to")
     out = Path(args.out)
-    configs = _sweep_configs(args, cfg, amp)
     rows = []
     for n, c in enumerate(configs, 1):
         name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
@@ -206,8 +235,6 @@ def _run_sweep(args: argparse.Namespace, cfg, amp: bool, cache, device, reader, 
 def _run_sample_only(args: argparse.Namespace, cfg, cache, index) -> int:
     from simcal.core.atomic import write_json
 
-    if not args.stats:
-        raise input_error(None, "--sample-only needs --stats OUT.json")
     stats = sampler_statistics(cache, index, cfg)
     write_json(args.stats, stats, indent=2)
     print(f"wrote {args.stats}: {stats['batches']} batches, {sum(stats['fg_rows'].values())} fg rows, "
@@ -235,22 +262,25 @@ def main(args: argparse.Namespace) -> int:
     from simcal.extract.reader import FeatureReader
 
     device = resolve_device(args.device)
+    if args.preload == "gpu" and device.type != "cuda":
+        raise input_error(None, f"--preload gpu needs a CUDA device, and this run uses {device.type}",
+                          "use --preload ram, or run where a GPU is (--device cuda)")
     amp = resolve_amp(args.amp, device)
     cfg = _config(args, amp)
     if args.source == "online":
         return _run_online(args, cfg, device)
     if not args.cache:
         raise input_error(None, "--cache is required (or --source online with --checkpoint and --data)")
+    _check_out(args)
+    configs = _sweep_configs(args, cfg, amp) if args.sweep else None
     cache = _open(args.cache)
     index = CacheIndex.from_cache(cache)
     if args.sample_only:
         return _run_sample_only(args, cfg, cache, index)
-    if not args.out and not args.sweep:
-        raise input_error(None, "--out HEAD.pth is required", "name the head checkpoint to write")
     reader = FeatureReader(cache, args.preload, device, feature_dtype(cfg.amp))
     eval_cache, eval_reader = _eval_cache(args, cache, device)
     if args.sweep:
-        return _run_sweep(args, cfg, amp, cache, device, reader, index, eval_cache, eval_reader)
+        return _run_sweep(args, configs, cache, device, reader, index, eval_cache, eval_reader)
     out = Path(args.out)
     row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
     print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.checks import FRACTION, NONNEG, POSITIVE, POSITIVE_INT, arg, arg_list
 from simcal.core.cli_args import add_amp_arg, add_dataset_args, add_device_arg, add_seed_arg, describe
 from simcal.core.names import HEADS, LOSSES, PRELOAD, SAMPLERS
 
@@ -41,16 +42,19 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--loss", choices=tuple(LOSSES), default="ce", help="classification loss (default ce). " + describe(LOSSES)
     )
-    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--steps", type=arg(POSITIVE_INT), default=1000, help="training steps (default 1000)")
     p.add_argument(
         "--out", metavar="HEAD.pth | DIR", help="head checkpoint (a folder with --sweep); not used with --sample-only"
     )
-    p.add_argument("--classes-per-batch", type=int, default=16, help="n classes per bi-level batch (default 16)")
-    p.add_argument("--images-per-class", type=int, default=1, help="images per drawn class (default 1)")
-    p.add_argument("--bg-ratio", type=float, default=1.0, help="background rows per foreground row (default 1)")
-    p.add_argument("--batch-rows", type=int, default=256, help="rows per batch of the random sampler (default 256)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lr-steps", default="0.75,0.92", help="fractions of --steps where lr drops x0.1")
+    p.add_argument("--classes-per-batch", type=arg(POSITIVE_INT), default=16,
+                   help="n classes per bi-level batch (default 16)")
+    p.add_argument("--images-per-class", type=arg(POSITIVE_INT), default=1, help="images per drawn class (default 1)")
+    p.add_argument("--bg-ratio", type=arg(NONNEG), default=1.0, help="background rows per foreground row (default 1)")
+    p.add_argument("--batch-rows", type=arg(POSITIVE_INT), default=256,
+                   help="rows per batch of the random sampler (default 256)")
+    p.add_argument("--lr", type=arg(POSITIVE), default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--lr-steps", type=arg_list(FRACTION), default=[0.75, 0.92],
+                   help="fractions of --steps where lr drops x0.1 (default 0.75,0.92)")
     add_seed_arg(p, "the sampler and the head's initialisation")
     add_device_arg(p)
     add_amp_arg(

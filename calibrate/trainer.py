@@ -133,6 +133,8 @@ def train_head(
             sched.step()
         # accuracies cost a few syncs: only where they are shown (log lines, every 10th bar update)
         show = (step + 1) % 50 == 0 or step + 1 == cfg.steps
+        if show and not bool(torch.isfinite(loss)):
+            raise _diverged(f"the loss is {loss.item()} at step {step + 1}")
         if show or (progress is not None and step % 10 == 0):
             with torch.no_grad():
                 pred = logits.argmax(1)
@@ -149,10 +151,21 @@ def train_head(
             progress.update(1)
     if threaded:
         batches.close()
+    bad = [name for name, t in head.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise _diverged(f"the head's {bad[0]} is not finite after {cfg.steps} steps")
     head.eval()
     info = {"steps": cfg.steps, "seconds": time.perf_counter() - t0,
             "steps_per_s": cfg.steps / max(time.perf_counter() - t0, 1e-9)}
     return head, info
+
+
+def _diverged(what: str) -> Exception:
+    """Training that produced NaN or infinity is refused: no head is written, the run says why in one sentence."""
+    from simcal.core.errors import input_error
+
+    return input_error(None, f"calibration diverged: {what}, so no head was written",
+                       "lower --lr, or check the cache with 'simcal cache verify'")
 
 
 class DetectorSpec:

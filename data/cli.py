@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from simcal.core.checks import NONNEG_INT, POSITIVE, arg
 from simcal.core.cli_args import describe
 from simcal.core.names import BIN_EDGES, SYNTH_PRESETS
 
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
     y.add_argument("--out", required=True, metavar="DIR", help="output folder (created atomically)")
     y.add_argument("--preset", choices=tuple(SYNTH_PRESETS), default="default",
                    help=f"benchmark size (default: default). {describe(SYNTH_PRESETS)}")
-    y.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    y.add_argument("--seed", type=arg(NONNEG_INT), default=0, help="random seed (default 0)")
     y.add_argument("--overwrite", action="store_true", help="replace a different benchmark at --out")
     y.add_argument("--no-stats", action="store_true", help="do not print train statistics at the end")
     y.set_defaults(func=run_synth)
@@ -60,10 +61,12 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--coco", required=True, metavar="FILE", help="COCO instances_train2017.json")
     c.add_argument("--out", required=True, metavar="FILE", help="output json (written atomically)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--keep-head", type=int, default=20, help="most frequent classes kept whole (default 20)")
-    c.add_argument("--n-high", type=float, default=7900, help="target of the first decayed class (default 7900)")
-    c.add_argument("--n-low", type=float, default=15, help="target of the rarest class (default 15)")
+    c.add_argument("--seed", type=arg(NONNEG_INT), default=0, help="random seed (default 0)")
+    c.add_argument("--keep-head", type=arg(NONNEG_INT), default=20,
+                   help="most frequent classes kept whole (default 20)")
+    c.add_argument("--n-high", type=arg(POSITIVE), default=7900,
+                   help="target of the first decayed class (default 7900)")
+    c.add_argument("--n-low", type=arg(POSITIVE), default=15, help="target of the rarest class (default 15)")
     c.set_defaults(func=run_coco_lt)
 
 

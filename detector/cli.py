@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.checks import FRACTION, FRACTION_POSITIVE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, arg, arg_list
 from simcal.core.cli_args import add_amp_arg, add_dataset_args, add_device_arg, add_seed_arg, describe
 from simcal.core.names import ARCHS, IMAGE_SAMPLERS, LOSSES
 
@@ -19,27 +20,29 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="r50_fpn only: local ImageNet ResNet-50 state_dict (nothing is downloaded)")
 
     o = p.add_argument_group("optimisation (SGD, linear warm-up, two x0.1 steps)")
-    o.add_argument("--iters", type=int, default=3000, help="training iterations (default 3000)")
-    o.add_argument("--batch-size", type=int, default=16, help="images per iteration over all processes (default 16)")
-    o.add_argument("--lr", type=float, default=0.02, help="base learning rate (default 0.02)")
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--weight-decay", type=float, default=1e-4)
-    o.add_argument("--warmup", type=int, default=200, help="linear warm-up iterations (default 200)")
-    o.add_argument("--lr-steps", default="0.75,0.92",
+    o.add_argument("--iters", type=arg(POSITIVE_INT), default=3000, help="training iterations (default 3000)")
+    o.add_argument("--batch-size", type=arg(POSITIVE_INT), default=16,
+                   help="images per iteration over all processes (default 16)")
+    o.add_argument("--lr", type=arg(POSITIVE), default=0.02, help="base learning rate (default 0.02)")
+    o.add_argument("--momentum", type=arg(FRACTION), default=0.9, help="SGD momentum (default 0.9)")
+    o.add_argument("--weight-decay", type=arg(NONNEG), default=1e-4, help="(default 1e-4)")
+    o.add_argument("--warmup", type=arg(NONNEG_INT), default=200, help="linear warm-up iterations (default 200)")
+    o.add_argument("--lr-steps", type=arg_list(FRACTION), default=[0.75, 0.92],
                    help="fractions of --iters where lr drops x0.1 (default 0.75,0.92)")
-    o.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm, 0 = off (default 10)")
-    o.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability (default 0.5)")
+    o.add_argument("--clip-grad", type=arg(NONNEG), default=10.0, help="max gradient norm, 0 = off (default 10)")
+    o.add_argument("--flip", type=arg(FRACTION), default=0.5, help="horizontal flip probability (default 0.5)")
 
     lt = p.add_argument_group("long-tail strategies (paper Table 2)")
     lt.add_argument("--sampler", choices=tuple(IMAGE_SAMPLERS), default="uniform",
                     help="image sampling (default uniform). " + describe(IMAGE_SAMPLERS))
-    lt.add_argument("--rfs-t", type=float, default=0.001, help="repeat-factor threshold t (default 0.001)")
+    lt.add_argument("--rfs-t", type=arg(FRACTION_POSITIVE), default=0.001,
+                    help="repeat-factor threshold t (default 0.001)")
     lt.add_argument("--cls-loss", choices=tuple(LOSSES), default="ce",
                     help="second-stage classification loss (default ce). " + describe(LOSSES))
-    lt.add_argument("--focal-gamma", type=float, default=2.0)
-    lt.add_argument("--reweight-n", type=float, default=None,
+    lt.add_argument("--focal-gamma", type=arg(NONNEG), default=2.0, help="focal loss gamma (default 2)")
+    lt.add_argument("--reweight-n", type=arg(POSITIVE), default=None,
                     help="N in w_j = N / N_j (default: median class instance count)")
-    lt.add_argument("--margin-k", type=float, default=None,
+    lt.add_argument("--margin-k", type=arg(NONNEG), default=None,
                     help="K in D_j = K / N_j^(1/4) (default: largest margin 0.5)")
 
     r = p.add_argument_group("run")
@@ -47,9 +50,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_seed_arg(r, "initialisation, image order and flips")
     r.add_argument("--resume", action="store_true", help="continue from CKPT.resume.pth after an interruption")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    r.add_argument("--checkpoint-every", type=int, default=250, help="iterations between resume points")
-    r.add_argument("--log-every", type=int, default=20, help="iterations between JSONL log lines")
-    r.add_argument("--workers", type=int, default=None,
+    r.add_argument("--checkpoint-every", type=arg(POSITIVE_INT), default=250, help="iterations between resume points")
+    r.add_argument("--log-every", type=arg(POSITIVE_INT), default=20, help="iterations between JSONL log lines")
+    r.add_argument("--workers", type=arg(NONNEG_INT), default=None,
                    help="data-loading processes per rank (default: 0 on CPU, where they compete with the "
                    "compute threads for the cores; 4 on CUDA)")
     add_device_arg(r)

@@ -40,7 +40,7 @@ def lr_factor(it: int, warmup: int, steps: list[int]) -> float:
 
 
 def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
 #: The arguments that change the weights a run ends with (its identity in CKPT.manifest.json).
@@ -135,7 +135,7 @@ def _optimisation(args: argparse.Namespace, model: torch.nn.Module, amp: bool):
     """SGD with momentum, linear warm-up then x0.1 steps (one LambdaLR), and the AMP grad scaler."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    steps = [int(float(s) * args.iters) for s in args.lr_steps.split(",") if s.strip()]
+    steps = [int(f * args.iters) for f in args.lr_steps]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, args.warmup, steps))
     return params, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp)
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from simcal.core.checks import POSITIVE_INT, arg
 from simcal.core.names import BIN_EDGES
 
 
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bins", choices=tuple(BIN_EDGES), default="lvis", help="instance-count bin edges (default lvis)")
     p.add_argument("--backend", choices=("fast", "lvis"), default="fast",
                    help="fast: faster-coco-eval (default); lvis: the lvis package's LVISEval (the reference)")
-    p.add_argument("--max-dets", type=int, metavar="N",
+    p.add_argument("--max-dets", type=arg(POSITIVE_INT), metavar="N",
                    help="detections kept per image, highest scores (default: the ground truth's "
                    "info.max_dets_per_image if present, else 300 as LVIS)")
     p.add_argument("--out", metavar="METRICS.json", help="write the metrics (and the resolved config) here")

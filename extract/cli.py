@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.checks import FRACTION_POSITIVE, NONNEG_INT, POSITIVE_INT, arg
 from simcal.core.cli_args import add_dataset_args, add_device_arg, add_seed_arg
 from simcal.core.names import BIN_EDGES, FEATURE_DTYPES
 
@@ -26,15 +27,16 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint from 'simcal train'")
     add_dataset_args(p, "train")
     p.add_argument("--out", required=True, metavar="CACHE.zarr", help="output cache folder")
-    p.add_argument("--fg-per-gt", type=int, default=8, help="foreground rows per GT, the GT box included (default 8)")
+    p.add_argument("--fg-per-gt", type=arg(POSITIVE_INT), default=8,
+                   help="foreground rows per GT, the GT box included (default 8)")
     p.add_argument(
         "--bg-per-image",
-        type=int,
+        type=arg(NONNEG_INT),
         default=32,
         help="background rows per image and view (default 32: with 8 fg rows per GT, a 16-class "
         "bi-level batch reaches fg:bg = 1:1 from its own images' background)",
     )
-    p.add_argument("--fg-iou", type=float, default=0.5, help="foreground IoU threshold (default 0.5)")
+    p.add_argument("--fg-iou", type=arg(FRACTION_POSITIVE), default=0.5, help="foreground IoU threshold (default 0.5)")
     p.add_argument("--flip", action="store_true", help="also store a horizontally flipped view of every image")
     p.add_argument(
         "--bins",
@@ -48,16 +50,16 @@ def add_parser(sub) -> None:
         default="float16",
         help="feature storage: float16, or int8 with a per-row scale (half the disk)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
+    p.add_argument("--batch-size", type=arg(POSITIVE_INT), default=8, help="images per detector forward (default 8)")
     p.add_argument(
         "--images-per-part",
-        type=int,
+        type=arg(POSITIVE_INT),
         default=None,
         help="images per resumable part, whose rows are held in memory until written (default: "
         "about 256 MiB of features, e.g. 428 images for tiny, 107 for r50_fpn)",
     )
     add_seed_arg(p, "the row draws")
-    p.add_argument("--workers", type=int, default=0, help="image-loading processes (default 0)")
+    p.add_argument("--workers", type=arg(NONNEG_INT), default=0, help="image-loading processes (default 0)")
     add_device_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace a cache or unfinished parts with other parameters")
 

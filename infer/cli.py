@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from simcal.core.checks import NONNEG, POSITIVE_INT, arg
 from simcal.core.cli_args import add_dataset_args, add_device_arg, describe
 from simcal.core.names import MODES, POSTHOC
 
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=tuple(MODES), default="sel", help="(default sel) " + describe(MODES))
     p.add_argument(
         "--T",
-        type=float,
+        type=arg(NONNEG),
         default=300,
         help="sel only: classes with N_z <= T train instances use "
         "the calibrated head (paper Eq. 2; default 300); avg mixes every class and ignores T",
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="RESULTS.json | DIR", help="results file (a folder with --sweep)")
     p.add_argument(
         "--max-dets",
-        type=int,
+        type=arg(POSITIVE_INT),
         default=300,
         metavar="N",
         help="detections kept per image after NMS (default 300, the LVIS protocol)",
@@ -52,14 +53,15 @@ def add_parser(sub) -> None:
         '"head_ckpt", "T", "posthoc", "gamma", "props_gt", "max_dets"}; --out is then a folder',
     )
     p.add_argument("--posthoc", choices=tuple(POSTHOC), default="none", help="(default none) " + describe(POSTHOC))
-    p.add_argument("--gamma", type=float, default=1.0, help="norcal / logit_adjust gamma, tau_norm tau (default 1)")
+    p.add_argument("--gamma", type=arg(NONNEG), default=1.0,
+                   help="norcal / logit_adjust gamma, tau_norm tau (default 1)")
     p.add_argument(
         "--props-gt",
         action="store_true",
         help="diagnostic upper bound: a proposal with IoU >= 0.5 to a ground-truth box takes that "
         "box's class, scored by the detector's foreground confidence 1 - p_bg",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="images per detector forward (default 8)")
+    p.add_argument("--batch-size", type=arg(POSITIVE_INT), default=8, help="images per detector forward (default 8)")
     add_device_arg(p)
 
     def run(args: argparse.Namespace) -> int:

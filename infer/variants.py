@@ -22,12 +22,17 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from simcal.core.checks import NONNEG, POSITIVE_INT, check
 from simcal.core.errors import input_error
 from simcal.core.jsonio import read_json
 from simcal.core.names import MODES, POSTHOC
 from simcal.data.categories import CategoryMapping
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+#: The numeric fields of a variant and their rules (the same as the single-run flags of ``simcal infer``).
+VARIANT_NUMBERS = {"T": NONNEG, "gamma": NONNEG, "max_dets": POSITIVE_INT}
 
 
 @dataclass
@@ -71,7 +76,18 @@ def read_variants(path: str | Path) -> list[VariantSpec]:
 
 
 def check_variant(spec: VariantSpec, source: str | Path | None = None) -> None:
+    """Types and numbers first (a list where a name belongs must not reach a dict lookup), then meaning."""
     what = f"variant {spec.name!r}: " if source is not None else ""
+    for key in ("mode", "posthoc", "head_ckpt"):
+        if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
+            raise input_error(source, f"{what}{key} must be a string, not {getattr(spec, key)!r}")
+    if not isinstance(spec.props_gt, bool):
+        raise input_error(source, f"{what}props_gt must be true or false, not {spec.props_gt!r}")
+    for key, rule in VARIANT_NUMBERS.items():
+        try:
+            check(getattr(spec, key), rule, key)
+        except ValueError as e:
+            raise input_error(source, f"{what}{e}")
     if spec.mode not in MODES:
         raise input_error(source, f"{what}unknown mode {spec.mode!r}", f"choose from {', '.join(MODES)}")
     if spec.posthoc not in POSTHOC:
@@ -81,8 +97,6 @@ def check_variant(spec: VariantSpec, source: str | Path | None = None) -> None:
     if spec.props_gt and (spec.mode != "orig" or spec.head_ckpt or spec.posthoc != "none"):
         raise input_error(source, f"{what}props-gt replaces the classifier, so it takes no head, mode or posthoc",
                           "run it with --mode orig and no --head")
-    if not isinstance(spec.max_dets, int) or spec.max_dets <= 0:
-        raise input_error(source, f"{what}max_dets must be a positive integer (got {spec.max_dets!r})")
 
 
 def build_score_fn(spec: VariantSpec, counts: list[int], heads: dict[str, torch.nn.Module],

@@ -26,8 +26,15 @@ _STAGE_CLIS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit code 2, as every other refusal (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="simcal",
         description=(
             "SimCal: fix the classification bias of a trained Mask R-CNN toward frequent "

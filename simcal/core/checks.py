@@ -56,6 +56,7 @@ NONNEG_INT = Rule(integer=True, lo=0)
 POSITIVE = Rule(lo=0, lo_open=True)
 NONNEG = Rule(lo=0)
 FRACTION = Rule(lo=0, hi=1)
+FRACTION_POSITIVE = Rule(lo=0, hi=1, lo_open=True)
 FINITE = Rule()
 
 
@@ -82,4 +83,20 @@ def arg(rule: Rule) -> Callable[[str], Any]:
     return parse
 
 
-__all__ = ["FINITE", "FRACTION", "NONNEG", "NONNEG_INT", "POSITIVE", "POSITIVE_INT", "Rule", "arg", "check"]
+def arg_list(rule: Rule) -> Callable[[str], list]:
+    """An argparse ``type=`` for a comma-separated list, each item by ``rule`` (e.g. ``--lr-steps 0.75,0.92``)."""
+    one = arg(rule)
+
+    def parse(text: str) -> list:
+        try:
+            return [one(t.strip()) for t in text.split(",") if t.strip()]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list, each item {rule.describe()}, "
+                                             f"not {text!r}")
+
+    parse.__name__ = "list"
+    return parse
+
+
+__all__ = ["FINITE", "FRACTION", "FRACTION_POSITIVE", "NONNEG", "NONNEG_INT", "POSITIVE", "POSITIVE_INT", "Rule", "arg",
+           "arg_list", "check"]

@@ -6,6 +6,7 @@ same name, meaning and help everywhere it appears.
 
 from __future__ import annotations
 
+from simcal.core.checks import NONNEG_INT, arg
 from simcal.core.names import AMP
 
 
@@ -24,7 +25,8 @@ def add_device_arg(p) -> None:
 
 
 def add_seed_arg(p, what: str = "every random draw") -> None:
-    p.add_argument("--seed", type=int, default=0, help=f"seed of {what} (default 0); same seed, same output")
+    p.add_argument("--seed", type=arg(NONNEG_INT), default=0,
+                   help=f"seed of {what} (default 0); same seed, same output")
 
 
 def add_amp_arg(p, default: str, what: str) -> None:

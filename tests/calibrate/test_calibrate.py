@@ -182,7 +182,7 @@ def test_sweep_of_several_grids_runs_their_union_once_and_resumes(quick_caches, 
 def test_bad_calibration_input_is_refused(quick_caches, tmp_path, cli):
     cache = quick_caches["train"]
     for argv, msg in (
-        (["--steps", "0"], "steps must be a positive integer"),
+        (["--steps", "0"], "argument --steps: must be an integer >= 1"),
         (["--sample-only"], "--sample-only needs --stats"),
         (["--source", "online"], "--source online needs --checkpoint CKPT and --data DIR"),
     ):
@@ -192,7 +192,7 @@ def test_bad_calibration_input_is_refused(quick_caches, tmp_path, cli):
     grid = tmp_path / "bad.json"
     grid.write_text(json.dumps({"head": ["5fc"]}))
     r = cli("calibrate", "--cache", cache, "--sweep", grid, "--out", tmp_path / "s")
-    assert r.returncode == 2 and "unknown head '5fc'" in r.stderr
+    assert r.returncode == 2 and "has head '5fc', which is not one of" in r.stderr
     r = run_simcal("calibrate", "--cache", tmp_path / "missing.zarr", "--out", tmp_path / "h.pth")  # real exit path
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal calibrate: error: ")

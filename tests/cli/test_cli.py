@@ -58,8 +58,8 @@ def test_every_command_help_names_inputs_and_outputs(cli, command):
 
 
 def test_unknown_command_is_exit_2():
-    """argparse's own refusal, through a real process: exit 2, usage and one error line on stderr."""
+    """argparse's own refusal, through a real process: exit 2, one error line on stderr pointing at --help."""
     r = run_simcal("frobnicate")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.startswith("usage: simcal")
-    assert "error: argument <command>: invalid choice: 'frobnicate'" in r.stderr
+    assert r.stderr.startswith("simcal: error: argument <command>: invalid choice: 'frobnicate'")
+    assert r.stderr.rstrip().endswith("see 'simcal --help'.") and len(r.stderr.strip().splitlines()) == 1

@@ -182,7 +182,9 @@ def test_torchrun_sharded_sweep_equals_one_process(quick_detector, few_val, tmp_
         ([{"name": "../up"}], "is not a plain folder name"),
         ([{"name": "a", "mode": "sel"}], "mode sel needs a calibrated head"),
         ([{"name": "a", "props_gt": True, "posthoc": "norcal"}], "props-gt replaces the classifier"),
-        ([{"name": "a", "max_dets": 0}], "max_dets must be a positive integer"),
+        ([{"name": "a", "max_dets": 0}], "max_dets must be an integer >= 1, not 0"),
+        ([{"name": "a", "T": "abc"}], "T must be a finite number >= 0, not 'abc'"),
+        ([{"name": "a", "mode": ["sel"]}], "mode must be a string"),
         ({"name": "a"}, "must be a non-empty JSON list of objects"),
     ],
 )
