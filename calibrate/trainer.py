@@ -209,25 +209,73 @@ def save_head(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     return save_checkpoint(ckpt, path)
 
 
+_HEAD_FIX = "pass a head written by 'simcal calibrate' (calibrate again if this one was edited or damaged)"
+_HEAD_FIELDS = (("head", str, "a string"), ("state_dict", dict, "a dict of tensors"), ("head_kwargs", dict, "a dict"),
+                ("detector_fingerprint", str, "a string"), ("cache_fingerprint", str, "a string"),
+                ("categories", list, "a list"), ("config", dict, "a dict"))
+_HEAD_KWARGS = ("dim", "num_classes", "hidden")
+
+
+def validate_head(ck: dict[str, Any]) -> None:
+    """The whole head document against the schema, weights included; ValueError naming the first problem.
+
+    The declared sizes only build a meta-device head whose shapes must equal the tensors in the
+    file, so a size the weights do not back is refused before anything is allocated.
+    """
+    from simcal.calibrate.heads import build_head
+    from simcal.core.checks import POSITIVE_INT, check, field
+    from simcal.core.names import HEADS
+    from simcal.detector.checkpoint import check_category_stats, check_weights, meta_state
+
+    for key, kind, what in _HEAD_FIELDS:
+        field(ck, key, kind, what)
+    name, kw = ck["head"], ck["head_kwargs"]
+    if name not in HEADS:
+        raise ValueError(f"has unknown head {name!r} (this SimCal builds {', '.join(HEADS)})")
+    if sorted(kw) != sorted(_HEAD_KWARGS):
+        raise ValueError(f"has head_kwargs {sorted(map(str, kw))}, not {list(_HEAD_KWARGS)}")
+    for k in _HEAD_KWARGS:
+        check(kw[k], POSITIVE_INT, f"head_kwargs {k}")
+    ids = check_category_stats(ck["categories"], "categories")
+    if len(ids) != kw["num_classes"]:
+        raise ValueError(f"has {len(ids)} categories but head_kwargs num_classes {kw['num_classes']}")
+    model = f"a {name!r} head of dim {kw['dim']}, hidden {kw['hidden']} and {kw['num_classes']} classes"
+    check_weights(ck["state_dict"], meta_state(lambda: build_head(name, kw["dim"], kw["num_classes"], kw["hidden"]),
+                                               model), model)
+
+
 def load_head(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a calibrated head (weights_only); one-sentence InputError for foreign or corrupt files."""
+    """Rebuild a calibrated head (weights_only); one-sentence InputError for foreign, malformed or corrupt files."""
     from simcal.calibrate.heads import build_head
     from simcal.core.errors import input_error
+    from simcal.detector.checkpoint import load_torch_document
 
     path = Path(path)
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and containers only
-    except FileNotFoundError:
-        raise input_error(path, "does not exist", "pass a head written by 'simcal calibrate'")
-    except Exception as e:
-        raise input_error(path, f"is not a readable head checkpoint ({type(e).__name__})")
+    ck = load_torch_document(path, "head checkpoint", "pass a head written by 'simcal calibrate'")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise input_error(path, "is not a SimCal head checkpoint", "pass a head written by 'simcal calibrate'")
     try:
-        kw = ck["head_kwargs"]
-        head = build_head(ck["head"], kw["dim"], kw["num_classes"], kw["hidden"])
-        head.load_state_dict(ck["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise input_error(path, f"is a damaged head checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-                          "calibrate the head again")
+        validate_head(ck)
+    except ValueError as e:
+        raise input_error(path, str(e), _HEAD_FIX)
+    kw = ck["head_kwargs"]
+    head = build_head(ck["head"], kw["dim"], kw["num_classes"], kw["hidden"])
+    head.load_state_dict(ck["state_dict"])
     return head.eval(), ck
+
+
+def check_head_fits(hck: dict[str, Any], head_path: str | os.PathLike, ckpt: dict[str, Any],
+                    ckpt_path: str | os.PathLike, dim: int) -> None:
+    """Refuse a head not calibrated on this detector: its recorded fingerprint against the one
+    :func:`~simcal.detector.checkpoint.read_checkpoint` recomputed from the weights, then its
+    input width and categories, which a copied fingerprint alone does not make right."""
+    from simcal.core.errors import input_error
+
+    fix = "extract a cache with this checkpoint and calibrate again"
+    if hck["detector_fingerprint"] != ckpt["detector_fingerprint"]:
+        raise input_error(head_path, f"was calibrated on features of another detector than {ckpt_path} "
+                          "(fingerprints of the weights differ)", fix)
+    ids = [c["id"] for c in hck["categories"]]
+    if ids != list(ckpt["categories"]["ids"]) or hck["head_kwargs"]["dim"] != dim:
+        raise input_error(head_path, f"scores {len(ids)} categories from {hck['head_kwargs']['dim']}-d features, "
+                          f"but {ckpt_path} has {len(ckpt['categories']['ids'])} categories and {dim}-d features", fix)

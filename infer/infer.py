@@ -24,17 +24,16 @@ import torch
 from simcal.core.errors import input_error
 
 
-def _load_heads(specs, ck: dict, checkpoint: str, device) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+def _load_heads(specs, ck: dict, checkpoint: str, dim: int,
+                device) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Every head the variants name, on ``device``, and a fingerprint of each (its configuration and cache)."""
-    from simcal.calibrate.trainer import load_head
+    from simcal.calibrate.trainer import check_head_fits, load_head
     from simcal.core.manifest import fingerprint
 
     heads, prints = {}, {}
     for path in sorted({s.head_ckpt for s in specs if s.head_ckpt}):
         head, hck = load_head(path)
-        if hck["detector_fingerprint"] != ck["detector_fingerprint"]:
-            raise input_error(path, f"was calibrated on features of another detector than {checkpoint}",
-                              "extract a cache with this checkpoint and calibrate again")
+        check_head_fits(hck, path, ck, checkpoint, dim)
         heads[path] = head.to(device).eval()
         prints[path] = fingerprint({"config": hck["config"], "cache": hck["cache_fingerprint"]})
     return heads, prints
@@ -85,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     rank, world, local_rank = init_distributed()
     device = resolve_device(args.device, local_rank)
     model, ck = load_checkpoint(args.checkpoint, device)
-    heads, head_prints = _load_heads(specs, ck, args.checkpoint, device)
+    heads, head_prints = _load_heads(specs, ck, args.checkpoint, model.roi_heads.box_head.fc6.in_features,
+                                     device)
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     ann = load_annotations(ann_path)
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)

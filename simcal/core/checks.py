@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,22 @@ def check(value: Any, rule: Rule, what: str) -> Any:
     return value
 
 
+def field(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str, where: str = "") -> Any:
+    """``doc[key]`` when present and a ``kind`` (a bool is no int), else ValueError naming ``where + key``.
+
+    For documents read from files (checkpoints, heads): one rule for "required key of this type",
+    so each loader states its schema instead of catching KeyError and TypeError wherever a value is used.
+    """
+    name = f"{where}{key}"
+    if key not in doc:
+        raise ValueError(f"has no {name!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                else (kind,))):
+        raise ValueError(f"has {name!r} of type {type(value).__name__}, not {what}")
+    return value
+
+
 def arg(rule: Rule) -> Callable[[str], Any]:
     """An argparse ``type=`` parsing a flag's text by ``rule`` (the message names the rule)."""
 
@@ -99,4 +115,4 @@ def arg_list(rule: Rule) -> Callable[[str], list]:
 
 
 __all__ = ["FINITE", "FRACTION", "FRACTION_POSITIVE", "NONNEG", "NONNEG_INT", "POSITIVE", "POSITIVE_INT", "Rule", "arg",
-           "arg_list", "check"]
+           "arg_list", "check", "field"]

@@ -114,7 +114,8 @@ def _ckpt(tmp_path, arch="tiny"):
     model = build(arch, 3, class_agnostic=True)
     mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
     ck = make_checkpoint(model, arch, {"class_agnostic": True}, mapping,
-                         [{"id": 4, "name": "a", "instance_count": 3, "image_count": 2, "frequency": "r"}],
+                         [{"id": i, "name": n, "instance_count": 3, "image_count": 2, "frequency": "r"}
+                          for i, n in ((4, "a"), (8, "b"), (15, "c"))],
                          "sha256:x", {"iters": 1}, 1)
     return model, save_checkpoint(ck, tmp_path / "m.pth")
 
