@@ -25,6 +25,13 @@ from typing import Any
 from simcal.core.errors import InputError, input_error
 from simcal.core.jsonio import parse_json, read_bytes
 from simcal.data.categories import CategoryMapping
+from simcal.data.geometry import (
+    COORD_TOLERANCE,
+    box_outside,
+    counts_list_problem,
+    polygon_problem,
+    rle_strings_problem,
+)
 
 _TOP_KEYS = ("images", "annotations", "categories")
 _FIX_ANN = "fix the annotation file (LVIS/COCO instance format)"
@@ -63,8 +70,21 @@ class Annotations:
         return self._anns_by_image.get(image_id, [])
 
     def image_path(self, image: dict[str, Any], root: str | os.PathLike) -> Path:
-        """The image file under ``root``; the name was checked not to escape it at load."""
-        return Path(root) / image["file_name"]
+        """The image file under ``root``, refused when a symbolic link leads it out of the (real) root.
+
+        The name itself was checked at load (relative, no '..'); a link inside the
+        root is the remaining way out, so the real paths are compared here.
+        """
+        path = Path(root) / image["file_name"]
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise input_error(
+                path,
+                f"is a symbolic link (or lies under one) that leads outside the image root {root} to {real}",
+                "copy or link the images themselves into the image root, or pass the folder they are in",
+            )
+        return path
 
 
 def _fingerprint(raw: bytes) -> str:
@@ -105,15 +125,22 @@ def valid_polygons(seg: Any) -> bool:
         isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_number(v) for v in p) for p in seg)
 
 
-def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any]) -> None:
+def _is_id(x: Any) -> bool:
+    """Ids are JSON integers: a bool, float, list or object would be hashed, compared or crash as something else."""
+    return type(x) is int
+
+
+def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any], rle_strings: list) -> None:
+    """Polygons and RLE are checked against the image; compressed strings are queued for one batched check."""
     seg = ann["segmentation"]
     aid = ann["id"]
+    h, w = img["height"], img["width"]
     if isinstance(seg, list):
-        if not seg:
-            raise input_error(path, f"annotation {aid} has an empty polygon list", _FIX_ANN)
-        if not valid_polygons(seg):
+        problem = polygon_problem(seg, h, w)
+        if problem is not None:
             raise input_error(
-                path, f"annotation {aid} has a bad polygon (need an even number >= 6 of finite coordinates)", _FIX_ANN
+                path, f"annotation {aid} (image {img['id']}) has {problem}",
+                f"polygons are lists of >= 3 x, y points within {int(COORD_TOLERANCE * 100)}% of the image size",
             )
         return
     if isinstance(seg, dict):
@@ -121,21 +148,75 @@ def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any]) ->
         if (
             not isinstance(size, list)
             or len(size) != 2
-            or not all(isinstance(v, int) and v > 0 for v in size)
+            or not all(_is_id(v) and v > 0 for v in size)
             or not isinstance(counts, (str, list))
-            or (isinstance(counts, list) and not all(isinstance(v, int) and v >= 0 for v in counts))
         ):
             raise input_error(
                 path, f"annotation {aid} has a bad RLE segmentation (need 'size': [h, w] and 'counts')", _FIX_ANN
             )
-        h, w = img.get("height"), img.get("width")
         if size != [h, w]:
             raise input_error(
                 path, f"annotation {aid} RLE size {size} differs from its image's [height, width] [{h}, {w}]",
                 _FIX_ANN,
             )
+        problem = counts_list_problem(counts, h * w) if isinstance(counts, list) else None
+        if problem is not None:
+            raise input_error(path, f"annotation {aid} has {problem}", "encode masks with pycocotools.mask.encode")
+        if isinstance(counts, str):
+            rle_strings.append((aid, counts, h * w))
         return
     raise input_error(path, f"annotation {aid} segmentation is neither polygons nor RLE", _FIX_ANN)
+
+
+def _check_rle_strings(path: Path, rle_strings: list) -> None:
+    """Every compressed RLE of the file, decoded at once (see :func:`simcal.data.geometry.rle_strings_problem`)."""
+    if not rle_strings:
+        return
+    found = rle_strings_problem([s for _, s, _ in rle_strings], [p for _, _, p in rle_strings])
+    if found is not None:
+        aid = rle_strings[found[0]][0]
+        raise input_error(
+            path, f"annotation {aid} has a malformed RLE mask ({found[1]})", "encode masks with pycocotools.mask.encode"
+        )
+
+
+def _check_instance(path: Path, a: dict[str, Any], img: dict[str, Any]) -> None:
+    """Box, area and crowd flag of one annotation (ids already checked)."""
+    box = a["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)
+    if box[2] <= 0 or box[3] <= 0:
+        raise input_error(
+            path,
+            f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
+            "fix or drop that annotation",
+        )
+    if box_outside(box, img["height"], img["width"]):
+        raise input_error(
+            path,
+            f"annotation {a['id']} bbox {box} lies outside its {img['width']}x{img['height']} image {img['id']}",
+            f"boxes must stay within {int(COORD_TOLERANCE * 100)}% of the image size of the image",
+        )
+    area = a.get("area")
+    if area is not None and not (_is_number(area) and area >= 0):
+        raise input_error(
+            path, f"annotation {a['id']} has area {area!r}", "area must be a finite number >= 0 (or left out)"
+        )
+    crowd = a.get("iscrowd")
+    if crowd is not None and not (_is_id(crowd) and crowd in (0, 1)):
+        raise input_error(path, f"annotation {a['id']} has iscrowd {crowd!r}", "iscrowd must be 0 or 1")
+
+
+def _check_negatives(path: Path, images: list[dict[str, Any]], present: dict[int, set]) -> None:
+    """A category cannot be both annotated in an image and verified absent from it."""
+    for img in images:
+        both = [c for c in img.get("neg_category_ids", ()) if c in present.get(img["id"], ())]
+        if both:
+            raise input_error(
+                path,
+                f"image {img['id']} lists category {both[0]} in 'neg_category_ids' but annotates it",
+                "a category is either annotated in an image or verified absent from it",
+            )
 
 
 def _check_unique(path: Path, records: list[dict[str, Any]], what: str) -> None:
@@ -172,6 +253,8 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
     for recs, what in ((cats, "categories"), (images, "images"), (anns, "annotations")):
         _check_unique(path, recs, what)
 
+    if not cats:
+        raise input_error(path, "has an empty 'categories' list", "list every category the annotations use")
     cat_ids = set()
     for c in cats:
         _require(path, c, ("name",), "category")
@@ -180,7 +263,7 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
     for img in images:
         _require(path, img, ("height", "width"), "image")
         h, w = img["height"], img["width"]
-        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        if not (_is_id(h) and _is_id(w) and h > 0 and w > 0):
             raise input_error(path, f"image {img['id']} has a non-positive or non-integer height/width", _FIX_ANN)
         img["file_name"] = _safe_file_name(path, img)
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
@@ -189,6 +272,11 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
                 ids = img[key]
                 if not isinstance(ids, list):
                     raise input_error(path, f"image {img['id']} '{key}' is not a list", _FIX_ANN)
+                not_int = [c for c in ids if not _is_id(c)]
+                if not_int:
+                    raise input_error(
+                        path, f"image {img['id']} '{key}' holds {not_int[0]!r}, not a category id", _FIX_ANN
+                    )
                 unknown = [c for c in ids if c not in cat_ids]
                 if unknown:
                     raise input_error(
@@ -198,25 +286,25 @@ def parse_annotations(raw: bytes, path: str | os.PathLike) -> Annotations:
                     )
     image_by_id = {img["id"]: img for img in images}
     by_image: dict[int, list[dict[str, Any]]] = {}
+    present: dict[int, set] = {}
+    rle_strings: list = []
     for a in anns:
         _require(path, a, ("image_id", "category_id", "bbox"), "annotation")
+        for key in ("image_id", "category_id"):
+            if not _is_id(a[key]):
+                raise input_error(path, f"annotation {a['id']} {key} {a[key]!r} is not an integer", _FIX_ANN)
         img = image_by_id.get(a["image_id"])
         if img is None:
             raise input_error(path, f"annotation {a['id']} refers to unknown image id {a['image_id']}", _FIX_ANN)
         if a["category_id"] not in cat_ids:
             raise input_error(path, f"annotation {a['id']} refers to unknown category id {a['category_id']}", _FIX_ANN)
-        box = a["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-            raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)
-        if box[2] <= 0 or box[3] <= 0:
-            raise input_error(
-                path,
-                f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
-                "fix or drop that annotation",
-            )
+        _check_instance(path, a, img)
         if "segmentation" in a:
-            _check_segmentation(path, a, img)
+            _check_segmentation(path, a, img, rle_strings)
         by_image.setdefault(a["image_id"], []).append(a)
+        present.setdefault(a["image_id"], set()).add(a["category_id"])
+    _check_rle_strings(path, rle_strings)
+    _check_negatives(path, images, present)
     cats_sorted = sorted(cats, key=lambda c: c["id"])
     return Annotations(
         path=path,

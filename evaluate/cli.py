@@ -105,19 +105,21 @@ def run(args: argparse.Namespace) -> int:
         iou_types = default_iou_types(results)
     else:
         iou_types = ("bbox", "segm") if args.iou_type == "both" else (args.iou_type,)
-    print(
+    # Printed once the inputs are known to be valid, so that a refusal is the only line on stderr.
+    cap_line = (
         f"evaluation cap: {max_dets} detections per image ({source}); iou types: "
-        f"{', '.join(iou_types)}; backend: {args.backend}",
-        file=sys.stderr,
+        f"{', '.join(iou_types)}; backend: {args.backend}"
     )
     identity = {"gt": gt.fingerprint, "train": train.fingerprint, "results": fingerprint_file(args.results),
                 "iou_types": list(iou_types), "bins": args.bins, "backend": args.backend, "max_dets": max_dets}
     if args.out and not args.per_class and completed(args.out, "evaluate", identity):
+        print(cap_line, file=sys.stderr)
         print(metrics_table(load_metrics(args.out)))
         print(f"\n{args.out} already holds these metrics; nothing to do.", file=sys.stderr)
         return 0
     report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
     report.config["max_dets_source"] = source
+    print(cap_line, file=sys.stderr)
     for w in report.warnings:
         _warn(w)
     doc = report.to_json()

@@ -18,6 +18,7 @@ from simcal.core.errors import input_error
 from simcal.data.annotations import Annotations
 from simcal.evaluate.bins import empty_precision, per_class_ap, summarize
 from simcal.evaluate.inputs import (
+    check_training,
     prepare_ground_truth,
     prepare_results,
     resolve_frequencies,
@@ -93,6 +94,7 @@ def evaluate_results(
     iou_types = tuple(t for t in IOU_TYPES if t in iou_types)
     t0 = time.perf_counter()
     warnings: list[str] = []
+    check_training(train)
     cats = category_bins(gt, train, bins)
     frequencies, freq_source = resolve_frequencies(gt, train)
     if not freq_source.startswith("ground"):

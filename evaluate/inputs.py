@@ -16,7 +16,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from simcal.core.errors import InputError, input_error
-from simcal.data.annotations import Annotations, valid_polygons
+from simcal.data.annotations import Annotations
+from simcal.data.geometry import (
+    COORD_TOLERANCE,
+    box_outside,
+    boxes_outside,
+    counts_list_problem,
+    polygon_problem,
+    rle_strings_problem,
+)
 from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
 
 _FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
@@ -71,6 +79,16 @@ def to_compressed_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
         "size": [int(v) for v in rle["size"]],
         "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
     }
+
+
+def check_training(train: Annotations) -> None:
+    """Refuse training annotations without an instance: every class would land in bin AP1 and APr."""
+    if not train.annotations:
+        raise input_error(
+            train.path,
+            "has no annotations, so every class would fall in the lowest instance-count bin",
+            "pass the training annotation file with its instances as --train-ann",
+        )
 
 
 def resolve_frequencies(gt: Annotations, train: Annotations) -> tuple[dict[int, str], str]:
@@ -214,11 +232,16 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_rle(path, i: int, seg: Any, h: int, w: int) -> None:
+def _check_segmentation(path, i: int, seg: Any, im: dict[str, Any]) -> None:
+    """Polygons and uncompressed RLE of result ``i``; compressed strings are checked in one batch later."""
+    h, w = im["height"], im["width"]
     if isinstance(seg, list):
-        if not valid_polygons(seg):
+        problem = polygon_problem(seg, h, w)
+        if problem is not None:
             raise input_error(
-                path, f"result {i} has a bad polygon segmentation", "write masks as RLE {'size': [h, w], 'counts': ...}"
+                path, f"result {i} (image {im['id']}) has {problem}",
+                f"write masks as RLE {{'size': [h, w], 'counts': ...}} or polygons within "
+                f"{int(COORD_TOLERANCE * 100)}% of the image size",
             )
         return
     if (
@@ -236,31 +259,61 @@ def _check_rle(path, i: int, seg: Any, h: int, w: int) -> None:
             "encode masks at the original image size",
         )
     counts = seg["counts"]
-    if isinstance(counts, list) and (not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w):
+    problem = counts_list_problem(counts, h * w) if isinstance(counts, list) else None
+    if problem is not None:
+        raise input_error(path, f"result {i} has {problem}", "encode masks with pycocotools.mask.encode")
+
+
+def _check_rle_strings(where, results: list, img_by_id: dict) -> None:
+    """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does."""
+    index, strings, pixels = [], [], []
+    for i, r in enumerate(results):
+        seg = r.get("segmentation")
+        if type(seg) is dict and type(seg.get("counts")) is str:
+            im = img_by_id[r["image_id"]]
+            index.append(i)
+            strings.append(seg["counts"])
+            pixels.append(im["height"] * im["width"])
+    found = rle_strings_problem(strings, pixels)
+    if found is not None:
         raise input_error(
-            path,
-            f"result {i} has an uncompressed RLE whose counts do not add up to height x width {h * w}",
+            where,
+            f"result {index[found[0]]} has a malformed RLE mask ({found[1]})",
             "encode masks with pycocotools.mask.encode",
         )
 
 
-def _check_rle_strings(where, records: list[dict[str, Any]], index: np.ndarray) -> None:
-    """Decode every compressed counts string once (C++, batched): a malformed one is an InputError here."""
-    from faster_coco_eval.core.mask import area
+def _check_id(where, gt: Annotations, i: int, value: Any, key: str, known) -> None:
+    """``image_id``/``category_id`` of result ``i``: an integer the ground truth knows."""
+    what = {"image_id": "image", "category_id": "category"}[key]
+    if not _is_int(value):
+        raise input_error(where, f"result {i} has {'no' if value is None else 'a non-integer'} {key}", _FIX_RESULTS)
+    if value not in known:
+        fix = (
+            "evaluate results against the annotation file they were produced for"
+            if key == "image_id"
+            else "map model labels to the dataset's category ids"
+        )
+        of_gt = "in the ground truth" if key == "image_id" else "a category of the ground truth"
+        raise input_error(where, f"result {i} names {what} id {value}, which is not {of_gt} {gt.path}", fix)
 
-    segs = [d["segmentation"] for d in records]
-    try:
-        area(segs)
-        return
-    except (RuntimeError, ValueError):
-        pass
-    for seg, i in zip(segs, index.tolist()):
-        try:
-            area(seg)
-        except (RuntimeError, ValueError) as e:
-            raise input_error(
-                where, f"result {i} has a malformed RLE mask ({e})", "encode masks with pycocotools.mask.encode"
-            )
+
+def _check_box(where, i: int, box: Any, im: dict[str, Any]) -> None:
+    """``bbox`` of result ``i``: finite [x, y, w, h], w, h >= 0, within the tolerated frame of its image."""
+    if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
+        raise input_error(where, f"result {i} bbox is not [x, y, w, h] of finite numbers", _FIX_RESULTS)
+    if box[2] < 0 or box[3] < 0:
+        raise input_error(
+            where,
+            f"result {i} has a negative box size (w={box[2]}, h={box[3]})",
+            "boxes are [x, y, width, height]",
+        )
+    if box_outside(box, im["height"], im["width"]):
+        raise input_error(
+            where,
+            f"result {i} bbox {box} lies outside its {im['width']}x{im['height']} image {im['id']}",
+            f"boxes must stay within {int(COORD_TOLERANCE * 100)}% of the image size (clip them to the image)",
+        )
 
 
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
@@ -296,6 +349,10 @@ def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool,
         boxes = np.array(boxes_raw, dtype=np.float64).reshape(n, 4)
         if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
             return None
+        heights = np.array([img_by_id[i]["height"] for i in imgs], dtype=np.float64)
+        widths = np.array([img_by_id[i]["width"] for i in imgs], dtype=np.float64)
+        if boxes_outside(boxes, heights, widths).any():
+            return None
     elif need_bbox and n:
         return None
     segs = [r.get("segmentation") for r in results]
@@ -328,28 +385,9 @@ def _columns_checked(
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             raise input_error(where, f"result {i} is not a JSON object", _FIX_RESULTS)
-        img = r.get("image_id")
-        if not _is_int(img):
-            raise input_error(
-                where, f"result {i} has {'no' if img is None else 'a non-integer'} image_id", _FIX_RESULTS
-            )
-        if img not in img_by_id:
-            raise input_error(
-                where,
-                f"result {i} names image id {img}, which is not in the ground truth {gt.path}",
-                "evaluate results against the annotation file they were produced for",
-            )
-        cat = r.get("category_id")
-        if not _is_int(cat):
-            raise input_error(
-                where, f"result {i} has {'no' if cat is None else 'a non-integer'} category_id", _FIX_RESULTS
-            )
-        if cat not in cat_ids:
-            raise input_error(
-                where,
-                f"result {i} names category id {cat}, which is not a category of the ground truth {gt.path}",
-                "map model labels to the dataset's category ids",
-            )
+        img, cat = r.get("image_id"), r.get("category_id")
+        _check_id(where, gt, i, img, "image_id", img_by_id)
+        _check_id(where, gt, i, cat, "category_id", cat_ids)
         s = r.get("score")
         if not _finite(s):
             what = (
@@ -362,14 +400,7 @@ def _columns_checked(
             raise input_error(where, f"result {i} has {what}", "every detection needs a finite score")
         box = r.get("bbox")
         if box is not None:
-            if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
-                raise input_error(where, f"result {i} bbox is not [x, y, w, h] of finite numbers", _FIX_RESULTS)
-            if box[2] < 0 or box[3] < 0:
-                raise input_error(
-                    where,
-                    f"result {i} has a negative box size (w={box[2]}, h={box[3]})",
-                    "boxes are [x, y, width, height]",
-                )
+            _check_box(where, i, box, img_by_id[img])
             boxes[i] = box
             n_bbox += 1
         elif need_bbox:
@@ -378,8 +409,7 @@ def _columns_checked(
             )
         seg = r.get("segmentation")
         if seg is not None:
-            im = img_by_id[img]
-            _check_rle(where, i, seg, im["height"], im["width"])
+            _check_segmentation(where, i, seg, img_by_id[img])
             n_segm += 1
         elif need_segm:
             raise input_error(
@@ -427,6 +457,7 @@ def prepare_results(
     if cols is None:  # something is unusual: the record-by-record pass names the first problem
         cols = _columns_checked(where, gt, results, img_by_id, cat_ids, need_bbox, need_segm)
     image_ids, scores, boxes, has_segm = cols
+    _check_rle_strings(where, results, img_by_id)
     has_bbox = boxes is not None
 
     # Cap per image: highest scores, ties in file order (a stable sort, as LVISResults).
@@ -450,8 +481,6 @@ def prepare_results(
             im = img_by_id[img]
             d["segmentation"] = to_compressed_rle(r["segmentation"], im["height"], im["width"])
         records.append(d)
-    if has_segm and records:
-        _check_rle_strings(where, records, keep)
     # area by the LVISResults rule: box area when results carry boxes, else mask area
     if has_bbox:
         for d in records:
