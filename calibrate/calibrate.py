@@ -62,9 +62,10 @@ def sampler_statistics(cache, index, cfg) -> dict[str, Any]:
 
 
 def _open(path: str):
-    from simcal.extract.schema import Cache
+    from simcal.extract.schema import SMALL_ARRAYS, Cache
 
     cache = Cache(path)
+    cache.require_intact(SMALL_ARRAYS)  # the features are checked as they are read (extract/reader.py)
     if not (np.diff(cache.index("class_row_ptr"))[1:] > 0).any():
         raise input_error(cache.path, "has no foreground rows for any class", "re-extract it with a trained detector")
     return cache

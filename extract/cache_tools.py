@@ -12,6 +12,7 @@ import numpy as np
 from simcal.core.atomic import atomic_target
 from simcal.core.errors import input_error
 from simcal.data.statistics import bin_labels, instance_bin
+from simcal.extract.integrity import ALGORITHM, crc_bytes
 from simcal.extract.schema import INDEX_ARRAYS, ROW_NAMES, Cache
 
 _BLOCK = 65536  # rows per read when scanning a cache
@@ -84,37 +85,64 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def verify(cache: Cache) -> list[str]:
-    """Problems found (empty when the cache is sound)."""
-    problems = []
-    a = cache.attrs
-    R, I = cache.num_rows, int(cache["image_ids"].shape[0])
-    C = len(a["categories"])
-    labels = np.asarray(cache["labels"][:]).astype(np.int64)
-    image_index = np.asarray(cache["image_index"][:]).astype(np.int64)
-    if a.get("complete") is not True:
-        problems.append("it is not marked complete")
-    for name in ("features", "ious", "boxes", "is_gt", "flipped"):
-        if cache[name].shape[0] != R:
-            problems.append(f"'{name}' has {cache[name].shape[0]} rows, 'labels' has {R}")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
-        problems.append(f"labels outside 0..{C}")
-    if len(image_index) and (np.any(np.diff(image_index) < 0) or image_index.max() >= I):
-        problems.append("rows are not grouped by image in image-index order")
+    """Problems found (empty when the cache is sound): structure, then every file's crc32c, then the values.
+
+    Values are read only from files whose checksums hold, so a damaged cache gives a list of
+    problems, never a crash inside zarr or h5py.
+    """
+    problems = [] if cache.attrs.get("complete") is True else ["it is not marked complete"]
+    problems += cache.structure_problems()
+    if problems:
+        return problems
+    problems += cache.corrupt_files()
+    if problems:
+        return problems
+    try:
+        return _value_problems(cache)
+    except (ValueError, OSError, KeyError) as e:  # what zarr/h5py raise for unreadable data
+        return [f"an array cannot be read ({type(e).__name__}: {e})"]
+
+
+def _value_problems(cache: Cache) -> list[str]:
+    """Ranges and consistency of the values (the structure and checksums already hold)."""
     from simcal.extract.store import build_index
 
+    problems = []
+    a = cache.attrs
+    R, I, C = cache.num_rows, int(cache["image_ids"].shape[0]), len(a["categories"])
+    labels = np.asarray(cache["labels"][:]).astype(np.int64)
+    image_index = np.asarray(cache["image_index"][:]).astype(np.int64)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
+        problems.append(f"labels outside 0..{C}")
+        return problems  # the index cannot be rebuilt from them
+    if len(image_index) and (np.any(np.diff(image_index) < 0) or image_index.min() < 0 or image_index.max() >= I):
+        problems.append("rows are not grouped by image in image-index order")
+        return problems
     expected = build_index(labels, image_index, I, C)
-    for name in INDEX_ARRAYS:
-        got = cache.index(name)
-        if got.shape != expected[name].shape or not np.array_equal(got, expected[name]):
-            problems.append(f"index/{name} disagrees with the labels")
+    problems += [f"index/{name} disagrees with the labels" for name in INDEX_ARRAYS
+                 if not np.array_equal(cache.index(name), expected[name])]
+    ious = np.asarray(cache["ious"][:])
+    if not (np.isfinite(ious).all() and ious.min(initial=0) >= 0 and ious.max(initial=0) <= 1):
+        problems.append("ious outside [0, 1]")
+    boxes = np.asarray(cache["boxes"][:])
+    if not np.isfinite(boxes).all() or np.any(boxes[:, 2:] < boxes[:, :2]):
+        problems.append("boxes that are not finite xyxy boxes")
+    if len(np.unique(np.asarray(cache["image_ids"][:]))) != I:
+        problems.append("repeated image ids")
+    fg = int((labels > 0).sum())
+    counts = a.get("counts") or {}
+    if (counts.get("rows"), counts.get("fg_rows"), counts.get("images")) != (R, fg, I):
+        problems.append(f"the 'counts' attribute says {counts.get('rows')} rows / {counts.get('fg_rows')} fg / "
+                        f"{counts.get('images')} images, the arrays hold {R} / {fg} / {I}")
+    if str(cache["features"].dtype) == "int8":
+        scale = np.asarray(cache["feature_scale"][:])
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            problems.append("int8 feature scales that are not finite and positive")
     for start in range(0, R, _BLOCK):
         f = np.asarray(cache["features"][start : start + _BLOCK])
         if f.dtype != np.int8 and not np.isfinite(f).all():
             problems.append(f"non-finite features in rows {start}..{start + len(f) - 1}")
             break
-    for name in ("ious", "boxes"):
-        if not np.isfinite(np.asarray(cache[name][:])).all():
-            problems.append(f"non-finite values in '{name}'")
     return problems
 
 
@@ -123,13 +151,16 @@ def run_verify(args: argparse.Namespace) -> int:
     problems = verify(cache)
     if problems:
         raise input_error(cache.path, "failed verification: " + "; ".join(problems), "re-extract it")
-    print(f"{cache.path}: OK ({cache.num_rows} rows, index consistent, values finite, complete)")
+    print(f"{cache.path}: OK ({cache.num_rows} rows; every file matches its crc32c; index consistent; values "
+          "in range; complete)")
     return 0
 
 
 def export_h5(src: Cache, out: Path) -> Path:
     import h5py
 
+    src.require_intact()  # a damaged cache is not copied into an export that would then look sound
+    crcs: dict[str, int] = {}
     with atomic_target(out) as tmp, h5py.File(tmp, "w") as h:
         for name in (*ROW_NAMES, "image_ids"):
             try:
@@ -141,17 +172,22 @@ def export_h5(src: Cache, out: Path) -> Path:
             # features contiguous: the trainer maps them (np.memmap at the dataset's offset)
             chunks = (chunk_rows, *shape[1:]) if shape[0] and name != "features" else None
             ds = h.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+            crc = 0
             for start in range(0, shape[0], _BLOCK):
-                ds[start : start + _BLOCK] = np.asarray(arr[start : start + _BLOCK])
-        g = h.create_group("index")
-        for name in INDEX_ARRAYS:
-            g.create_dataset(name, data=src.index(name))
-        hg = h.create_group("detector_head")
-        for name, value in src.detector_head().items():
-            hg.create_dataset(name, data=value)
+                block = np.ascontiguousarray(arr[start : start + _BLOCK])
+                ds[start : start + _BLOCK] = block
+                crc = crc_bytes(block.tobytes(), crc)
+            crcs[name] = crc
+        groups = {"index": {n: src.index(n) for n in INDEX_ARRAYS}, "detector_head": src.detector_head()}
+        for group, arrays in groups.items():
+            g = h.create_group(group)
+            for name, value in arrays.items():
+                g.create_dataset(name, data=value)
+                crcs[f"{group}/{name}"] = crc_bytes(np.ascontiguousarray(value).tobytes())
         for k, v in src.attrs.items():
-            if k != "complete":
+            if k not in ("complete", "integrity"):
                 h.attrs[k] = json.dumps(v)
+        h.attrs["integrity"] = json.dumps({"algorithm": ALGORITHM, "arrays": crcs})
         h.attrs["complete"] = json.dumps(src.attrs.get("complete") is True)
     return out
 

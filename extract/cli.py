@@ -75,7 +75,8 @@ def add_parser(sub) -> None:
         help="inspect, verify or export a feature cache",
         description="Tools over a feature cache. Input: CACHE (zarr folder or .h5 export). "
         "info: rows, fg/bg, per-bin row and image counts, size on disk, fingerprints, completeness. "
-        "verify: index consistent with labels, finite values, complete (exit 2 if not). "
+        "verify: every file matches the crc32c recorded at extraction, values in range, index consistent "
+        "with labels, complete (exit 2 if not). "
         "export: write a single-file h5py copy with the same schema (output: OUT.h5).",
     )
     csub = c.add_subparsers(dest="cache_command", metavar="<cache command>")
@@ -91,9 +92,9 @@ def add_parser(sub) -> None:
     v = csub.add_parser(
         "verify",
         help="check a cache",
-        description="Check that a cache is complete, its "
-        "index agrees with its labels and images, and every value is finite. Exit 0 if so, "
-        "else one sentence and exit 2.",
+        description="Check that a cache is complete, every file matches the size and crc32c recorded at "
+        "extraction (this reads the whole cache), its index agrees with its labels and images, and every "
+        "value is in range. Exit 0 if so, else one sentence naming the problems and exit 2.",
     )
     v.add_argument("cache", metavar="CACHE")
     e = csub.add_parser(

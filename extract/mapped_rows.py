@@ -36,11 +36,12 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from simcal.core.errors import input_error
+from simcal.extract.integrity import file_crc
 
 EMPTY = np.uint64(2**64 - 1)
 #: Shard files kept mapped at once (a large cache has thousands of shards).
@@ -72,7 +73,9 @@ class ShardRowReader:
     equal to ``array.get_orthogonal_selection((rows, slice(None)))``.
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, expected: Callable[[str], tuple[int, int] | None] | None = None) -> None:
+        """``expected(relpath)``: a shard file's recorded (size, crc32c) (``Cache.file_record``); each shard is
+        checked against it the first time it is mapped, and a recorded shard that is missing is an error."""
         codecs = _codec_dicts(array)
         if array.ndim != 2 or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             raise UnsupportedLayout("not a 2-D array with the sharding codec alone")
@@ -94,6 +97,7 @@ class ShardRowReader:
         if root is None:
             raise UnsupportedLayout("not a local store")
         self.array = array
+        self.expected = expected
         self.dir = Path(root) / array.store_path.path
         self.dtype = dtype.newbyteorder("<")
         self.dim = int(array.shape[1])
@@ -126,10 +130,19 @@ class ShardRowReader:
         import google_crc32c  # zarr's own crc32c implementation
 
         path = self._path(shard)
+        key = f"{self.array.store_path.path}/{self.array.metadata.encode_chunk_key((shard, 0))}"
+        record = self.expected(key) if self.expected else None
         try:
             f = open(path, "rb")
         except FileNotFoundError:
+            if record is not None:
+                raise input_error(path, "is missing from the cache (a features shard written at extraction)",
+                                  "extract the cache again")
             return None
+        if record is not None and (os.fstat(f.fileno()).st_size != record[0] or file_crc(path) != record[1]):
+            f.close()
+            raise input_error(path, "does not match the size and crc32c recorded at extraction (damaged)",
+                              "extract the cache again")
         with f:
             size = os.fstat(f.fileno()).st_size
             n = self.chunks_per_shard * 16

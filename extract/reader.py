@@ -58,8 +58,10 @@ class FeatureReader:
         self.memory: torch.Tensor | None = None
         self.store_rows = None
         target = self.device if preload == "gpu" else torch.device("cpu")
+        cache.require_intact(["labels", "feature_scale"])  # held in memory (the features are checked below)
         self.scale = None if scale is None else torch.from_numpy(np.asarray(scale[:])).to(target)
         if preload in ("ram", "gpu"):
+            cache.require_intact(["features"])
             self.memory = torch.from_numpy(np.asarray(self.features[:])).to(target)
             if self.scale is None and dtype == torch.bfloat16:  # fp16 -> bf16 once: what autocast does every step
                 self.memory = self.memory.to(dtype)
@@ -77,9 +79,11 @@ class FeatureReader:
         """The memory-mapped reader of the features; None where zarr must read them itself."""
         if hasattr(self.features, "get_orthogonal_selection"):
             try:
-                return ShardRowReader(self.features)
+                return ShardRowReader(self.features, cache.file_record)  # checks each shard on first touch
             except UnsupportedLayout:
-                return None  # e.g. a compressed store: zarr reads it
+                cache.require_intact(["features"])  # zarr reads it: check every shard first
+                return None  # e.g. a compressed store
+        cache.require_intact(["features"])
         try:
             return H5RowReader(self.features)
         except UnsupportedLayout as e:

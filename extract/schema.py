@@ -34,7 +34,8 @@ Attributes (``ATTR_KEYS``): ``schema_version``, ``detector_fingerprint``,
 ``annotation_fingerprint``, ``tap``, ``dim``, ``categories`` (entry k-1 for label k:
 id, name, instance_count, image_count, frequency), ``bins`` (the instance-count bin
 scheme, ``lvis`` or ``coco-lt``, that per-bin reports use), ``params`` (every extraction
-parameter), ``counts``, and ``complete`` -- written last, ``true`` only when the
+parameter), ``counts``, ``integrity`` (size and crc32c of every file, or of every dataset of
+an h5 export: extract/integrity.py), and ``complete`` -- written last, ``true`` only when the
 whole cache is consistent.
 """
 
@@ -48,7 +49,7 @@ import numpy as np
 
 from simcal.core.errors import input_error
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every file's crc32c in attrs['integrity'] (extract/integrity.py)
 
 #: name -> (dtype, trailing shape) for row arrays; ``D`` is filled in per cache.
 ROW_ARRAYS: dict[str, tuple[str, tuple]] = {
@@ -63,7 +64,10 @@ ROW_ARRAYS: dict[str, tuple[str, tuple]] = {
 HEAD_ARRAYS = ("fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "cls_score.weight", "cls_score.bias")
 INDEX_ARRAYS = ("image_row_ptr", "class_image_ptr", "class_images", "class_row_ptr", "class_rows")
 ATTR_KEYS = ("schema_version", "detector_fingerprint", "annotation_fingerprint", "tap", "dim", "categories",
-             "bins", "params", "counts", "complete")
+             "bins", "params", "counts", "integrity", "complete")
+#: Everything but the features: a few bytes a row, read whole by calibration (and checked whole first).
+SMALL_ARRAYS = ("labels", "ious", "boxes", "image_index", "is_gt", "flipped", "feature_scale", "image_ids", "index",
+                "detector_head")
 #: Every row array a cache may hold, in export order (``feature_scale`` only with int8 features).
 ROW_NAMES = ("features", "feature_scale", "labels", "ious", "boxes", "image_index", "is_gt", "flipped")
 
@@ -136,6 +140,68 @@ class Cache:
         if require_complete and self.attrs.get("complete") is not True:
             raise input_error(self.path, "is an incomplete cache (extraction did not finish)",
                               "re-run the same 'simcal extract' command to finish it")
+        if require_complete:
+            problems = self.structure_problems()
+            if problems:
+                raise input_error(self.path, f"is a damaged cache: {problems[0]}",
+                                  "run 'simcal cache verify' for every problem, and extract it again")
+
+    # -- integrity (extract/integrity.py)
+    def structure_problems(self) -> list[str]:
+        """What metadata and ``stat`` reveal, without reading data: attributes against array shapes,
+        arrays present, recorded files present with their sizes."""
+        from simcal.extract.integrity import missing_or_resized
+
+        a, problems = self.attrs, []
+        record = a.get("integrity")
+        if not isinstance(record, dict) or not isinstance(record.get("files" if self._h5 is None else "arrays"), dict):
+            return ["it has no integrity record"]
+        if self._h5 is None:
+            problems += missing_or_resized(self.path, record["files"])
+        cats, dim = a.get("categories"), a.get("dim")
+        if not isinstance(cats, list) or not cats or not isinstance(dim, int) or isinstance(dim, bool):
+            return problems + ["its 'categories' or 'dim' attribute is malformed"]
+        try:
+            rows = self._root["labels"].shape[0]
+            shapes = {name: tuple(self._root[name].shape) for name in ROW_ARRAYS}
+            ptr = {name: tuple(self._root["index"][name].shape) for name in INDEX_ARRAYS}
+            images = self._root["image_ids"].shape[0]
+            cls = tuple(self._root["detector_head"]["cls_score.weight"].shape)
+        except (KeyError, ValueError, OSError) as e:
+            return problems + [f"an array is missing or unreadable ({type(e).__name__}: {e})"]
+        if shapes["features"] != (rows, dim):
+            problems.append(f"'features' is {shapes['features']}, the attributes say ({rows}, {dim})")
+        problems += [f"'{n}' has {sh[0]} rows, 'labels' has {rows}" for n, sh in shapes.items() if sh[0] != rows]
+        if ptr["image_row_ptr"] != (images + 1,) or ptr["class_row_ptr"] != (len(cats) + 2,):
+            problems.append("the index does not match the images and categories")
+        if cls[0] != len(cats) + 1:
+            problems.append(f"the detector head scores {cls[0] - 1} classes, the attributes list {len(cats)}")
+        return problems
+
+    def corrupt_files(self, names=None) -> list[str]:
+        """crc32c problems of the recorded files of the arrays/groups ``names`` (all when None); reads them."""
+        from simcal.extract.integrity import array_crc, corrupted, under
+
+        record = self.attrs.get("integrity") or {}
+        if self._h5 is None:
+            return corrupted(self.path, record.get("files", {}), names)
+        problems = []
+        for name, crc in record.get("arrays", {}).items():
+            if under(name, names) and array_crc(self._h5[name]) != crc:
+                problems.append(f"dataset {name} does not match its crc32c")
+        return problems
+
+    def require_intact(self, names=None) -> None:
+        """Refuse (InputError) a cache whose files of ``names`` (all when None) changed since extraction."""
+        problems = self.corrupt_files(names)
+        if problems:
+            raise input_error(self.path, f"is a damaged cache: {problems[0]}",
+                              "run 'simcal cache verify' for every problem, and extract it again")
+
+    def file_record(self, rel: str) -> tuple[int, int] | None:
+        """(size, crc32c) recorded for the store file ``rel`` (None for an h5 export or an unknown file)."""
+        files = (self.attrs.get("integrity") or {}).get("files") or {}
+        return tuple(files[rel]) if rel in files else None
 
     def __getitem__(self, name: str):
         return self._root[name]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from simcal.core.atomic import atomic_target, atomic_write
+from simcal.extract.integrity import record_store
 from simcal.extract.schema import HEAD_ARRAYS, INDEX_ARRAYS, SCHEMA_VERSION, row_specs
 
 MIB = 2**20
@@ -136,7 +137,9 @@ def consolidate(
             if name == "features":  # the only large array: shards keep the file count low
                 kw["shards"] = (rows * CHUNKS_PER_SHARD, *shape_tail)
                 kw["compressors"] = None  # fp16 activations barely compress; reads stay plain copies
-            arr = root.create_array(name, shape=(R, *shape_tail), dtype=dt, fill_value=0, **kw)
+            # every chunk stored, even all-zero ones: a missing file is then always damage (extract/integrity.py)
+            arr = root.create_array(name, shape=(R, *shape_tail), dtype=dt, fill_value=0,
+                                    config={"write_empty_chunks": True}, **kw)
             writers[name] = ShardAlignedWriter(arr, kw.get("shards", kw["chunks"])[0])
         labels = np.empty(R, dtype=np.int16)
         image_index = np.empty(R, dtype=np.int32)
@@ -153,14 +156,15 @@ def consolidate(
                     progress(len(part["rows_per_image"]))
         for w in writers.values():
             w.close()
-        root.create_array("image_ids", data=image_ids.astype(np.int64))
+        every_chunk = {"write_empty_chunks": True}
+        root.create_array("image_ids", data=image_ids.astype(np.int64), config=every_chunk)
         index = build_index(labels, image_index, len(image_ids), num_classes)
         ig = root.create_group("index")
         for name in INDEX_ARRAYS:
-            ig.create_array(name, data=index[name])
+            ig.create_array(name, data=index[name], config=every_chunk)
         hg = root.create_group("detector_head")
         for name in HEAD_ARRAYS:
-            hg.create_array(name, data=np.asarray(head_weights[name], dtype=np.float32))
+            hg.create_array(name, data=np.asarray(head_weights[name], dtype=np.float32), config=every_chunk)
         fg = int((labels > 0).sum())
         counts = {
             "rows": R,
@@ -171,7 +175,8 @@ def consolidate(
             "classes_with_rows": int((np.diff(index["class_row_ptr"])[1:] > 0).sum()),
         }
         counts["gt_rows"] = int(sum(int(np.load(p)["is_gt"].sum()) for p in paths))
-        root.attrs.update({**attrs, "counts": counts})
+        integrity = record_store(tmp)  # every file but the attributes, which are written next
+        root.attrs.update({**attrs, "counts": counts, "integrity": integrity})
         root.attrs["complete"] = True  # last: everything above is on disk
     shutil.rmtree(parts_dir(out), ignore_errors=True)
     return counts
