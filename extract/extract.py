@@ -123,10 +123,10 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     """Rank 0: merge the parts into the store, then mark it complete for ``identity``."""
     from tqdm import tqdm
 
-    from simcal.core.manifest import write_manifest
+    from simcal.core.manifest import remove_manifest, write_manifest
     from simcal.detector.checkpoint import classifier_weights
     from simcal.extract.schema import SCHEMA_VERSION, TAP
-    from simcal.extract.store import consolidate
+    from simcal.extract.store import consolidate, parts_dir
 
     categories = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
                   for c in ck["category_stats"]]
@@ -137,6 +137,7 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     with tqdm(total=len(ann.images), desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
         counts = consolidate(out, num_parts, np.array([img["id"] for img in ann.images]), dim, args.dtype,
                              len(categories), attrs, classifier_weights(model), cbar.update)
+    remove_manifest(parts_dir(out))  # consolidate removed the parts; their manifest goes with them
     write_manifest(out, "extract", identity, {"counts": counts, "checkpoint": str(args.checkpoint),
                                               "annotations": str(ann_path), "world_size": world})
     took = time.perf_counter() - t0
@@ -213,11 +214,15 @@ def _resumable_parts(out: Path, identity: dict[str, Any], num_parts: int) -> set
 
 
 def _check_space(out: Path, needed: tuple[int, int]) -> None:
-    from simcal.core.disk import human_bytes, require_free
+    """Refuse before the detector runs when the file system of ``out`` cannot hold what the run may write."""
+    from simcal.core.disk import free_bytes, human_bytes
 
     total, store = needed
-    require_free(out, total, f"writing the cache (up to {human_bytes(store)}, with its staging parts until they "
-                             "are merged)", _FIX_SPACE)
+    free = free_bytes(out)
+    if free is not None and free < total:
+        raise input_error(out, f"not enough free space (the cache needs up to {human_bytes(store)}, "
+                               f"{human_bytes(total)} while its staging parts exist, and {human_bytes(free)} are free)",
+                          _FIX_SPACE)
 
 
 def _disk_full(out: Path, cause: OSError, needed: tuple[int, int] | None, world: int) -> InputError:

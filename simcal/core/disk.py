@@ -5,7 +5,7 @@ EDQUOT (numpy, zarr, h5py, plain writes), or another exception whose context is 
 (torch.save raises a ``RuntimeError`` from its zip writer). :func:`disk_full_cause`
 finds it in any of them; the atomic writer re-raises it naming the output it was
 writing, and ``simcal <command>`` turns it into :func:`disk_full_error`'s sentence.
-Long jobs that know how much they will write check up front with :func:`require_free`.
+Long jobs that know how much they will write compare it with :func:`free_bytes` up front.
 """
 
 from __future__ import annotations
@@ -71,10 +71,3 @@ def disk_full_error(path: str | os.PathLike | None, cause: OSError | None = None
         problem += f" ({', '.join(figures)})"
     return input_error(path, problem, fix)
 
-
-def require_free(path: str | os.PathLike, needed: int, what: str, fix: str) -> None:
-    """Refuse in one sentence, before any work, when the file system of ``path`` has less than ``needed`` free."""
-    free = free_bytes(path)
-    if free is not None and free < needed:
-        raise input_error(path, f"not enough free space ({what} needs about {human_bytes(needed)}, "
-                                f"{human_bytes(free)} are free)", fix)
