@@ -70,6 +70,7 @@ class _Run:
     ann_path: Path
     image_root: Path
     identity: dict[str, Any]
+    logged: bool = False  # this run appended to the log
 
     @property
     def resume_path(self) -> Path:
@@ -177,13 +178,42 @@ def _batches(args: argparse.Namespace, run: _Run, dataset, start_iter: int, fact
 
 
 def _log(run: _Run, rec: dict[str, Any]) -> None:
+    from simcal.core.disk import disk_full_cause, naming
+
     if run.device.type == "cuda":
         rec["max_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    run.logged = True
+    try:
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError as e:
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        raise naming(cause, run.log_path) from e
+
+
+def _drop_orphan_log(run: _Run) -> None:
+    """A failed run that leaves no resume checkpoint cannot be continued: its log goes too (a re-run starts over)."""
+    if run.rank == 0 and run.logged and not run.resume_path.exists():
+        run.log_path.unlink(missing_ok=True)
 
 
 def main(args: argparse.Namespace) -> int:
+    from simcal.detector.distributed import finish_distributed
+
+    run = _setup(args)
+    if run is None:
+        finish_distributed()
+        return 0
+    try:
+        return _train(args, run)
+    except BaseException:
+        _drop_orphan_log(run)
+        raise
+
+
+def _train(args: argparse.Namespace, run: _Run) -> int:
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
 
@@ -195,10 +225,6 @@ def main(args: argparse.Namespace) -> int:
     from simcal.detector.distributed import finish_distributed
     from simcal.detector.samplers import repeat_factors
 
-    run = _setup(args)
-    if run is None:
-        finish_distributed()
-        return 0
     dataset = DetectionDataset(run.ann, run.image_root, flip_prob=args.flip, seed=args.seed)
     dataset.check_files()  # every rank: a bad input must stop all of them, not leave some at a barrier
     stats = category_statistics(run.ann)

@@ -9,6 +9,12 @@ parameters is reported and left alone; different parameters or another detector
 are refused unless ``--overwrite``. The result does not depend on the number of
 processes: rows of an image are drawn from a generator seeded by its index, and
 batches never straddle parts.
+
+One run writes an output at a time: rank 0 holds ``OUT.lock`` for the whole run
+(:mod:`simcal.core.lock`) and clears temporaries of runs that are gone. Before the
+detector runs, the free space at ``--out`` must cover the rows the parameters allow
+(the staged parts and the consolidated store coexist until the end); a disk that
+fills anyway is one sentence, with the finished parts kept for the re-run.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from simcal.core.errors import input_error
-from simcal.extract.schema import empty_rows, encode_features
+from simcal.core.errors import InputError, input_error
+from simcal.extract.schema import empty_rows, encode_features, row_specs
+
+_FIX_SPACE = "free space or choose another --out"
 
 
 def _identity(ck: dict[str, Any], ann: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +123,10 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     """Rank 0: merge the parts into the store, then mark it complete for ``identity``."""
     from tqdm import tqdm
 
-    from simcal.core.manifest import write_manifest
+    from simcal.core.manifest import remove_manifest, write_manifest
     from simcal.detector.checkpoint import classifier_weights
     from simcal.extract.schema import SCHEMA_VERSION, TAP
-    from simcal.extract.store import consolidate
+    from simcal.extract.store import consolidate, parts_dir
 
     categories = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
                   for c in ck["category_stats"]]
@@ -129,6 +137,7 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     with tqdm(total=len(ann.images), desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
         counts = consolidate(out, num_parts, np.array([img["id"] for img in ann.images]), dim, args.dtype,
                              len(categories), attrs, classifier_weights(model), cbar.update)
+    remove_manifest(parts_dir(out))  # consolidate removed the parts; their manifest goes with them
     write_manifest(out, "extract", identity, {"counts": counts, "checkpoint": str(args.checkpoint),
                                               "annotations": str(ann_path), "world_size": world})
     took = time.perf_counter() - t0
@@ -137,22 +146,140 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
           file=sys.stderr)
 
 
+def _on_rank0(rank: int, world: int, local_rank: int, fn) -> Any:
+    """``fn()`` on rank 0; its refusal is raised on every rank, so none waits at a barrier for a refused run."""
+    import torch
+
+    result, msg = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except InputError as e:
+            msg = str(e)
+    if world > 1:
+        nccl = torch.distributed.get_backend() == "nccl"
+        box = [msg]
+        torch.distributed.broadcast_object_list(box, src=0,
+                                                device=torch.device("cuda", local_rank) if nccl else None)
+        msg = box[0]
+    if msg is not None:
+        raise InputError(msg)
+    return result
+
+
+def _lock(out: Path) -> dict[str, Any]:
+    """Rank 0: become the only writer of ``out``, then clear what runs that are gone left half-written."""
+    from simcal.core.lock import acquire, remove_dead_temps
+    from simcal.extract.store import parts_dir
+
+    lock = acquire(out, "extract")
+    removed = (remove_dead_temps(out.parent, out.name) + remove_dead_temps(out.parent, out.name + ".manifest.json")
+               + remove_dead_temps(parts_dir(out)))
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by runs that are gone: "
+              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+    return lock
+
+
+def _space_needed(ann: Any, args: argparse.Namespace, dim: int, head_bytes: int, parts: list,
+                  done: set[int]) -> tuple[int, int]:
+    """(bytes still to write at most, bytes of the consolidated store at most), from the extraction parameters.
+
+    An image view gives at most ``fg_per_gt`` rows per (non-crowd) GT box and ``bg_per_image`` background
+    rows; a part (npz) holds its rows once, the store holds them again with the class index (two int64 per
+    row at most), image arrays, the detector head and at most one padded chunk per array.
+    """
+    from simcal.extract.store import MIB
+
+    views = 2 if args.flip else 1
+    gts = np.array([sum(1 for a in ann.annotations_of(img["id"]) if not a.get("iscrowd", 0)) for img in ann.images],
+                   dtype=np.int64)
+    rows = views * (gts * args.fg_per_gt + args.bg_per_image)
+    specs = row_specs(args.dtype, dim)
+    row_bytes = sum(int(np.dtype(dt).itemsize * int(np.prod(tail or (1,)))) for dt, tail in specs.values())
+    store = (int(rows.sum()) * (row_bytes + 16) + 24 * (len(rows) + 1) + head_bytes
+             + len(specs) * (MIB + row_bytes) + MIB)
+    staged = sum(int(rows[a:b].sum()) * row_bytes + 8 * (b - a) + 64 * 1024 for p, a, b in parts if p not in done)
+    return staged + store, store
+
+
+def _resumable_parts(out: Path, identity: dict[str, Any], num_parts: int) -> set[int]:
+    """The finished parts this run will keep (none when the staged ones were made for something else)."""
+    from simcal.core.manifest import read_manifest, same_identity
+    from simcal.extract.store import existing_parts, parts_dir
+
+    if not same_identity(read_manifest(parts_dir(out)), "extract", identity):
+        return set()
+    return existing_parts(out, num_parts)
+
+
+def _check_space(out: Path, needed: tuple[int, int]) -> None:
+    """Refuse before the detector runs when the file system of ``out`` cannot hold what the run may write."""
+    from simcal.core.disk import free_bytes, human_bytes
+
+    total, store = needed
+    free = free_bytes(out)
+    if free is not None and free < total:
+        raise input_error(out, f"not enough free space (the cache needs up to {human_bytes(store)}, "
+                               f"{human_bytes(total)} while its staging parts exist, and {human_bytes(free)} are free)",
+                          _FIX_SPACE)
+
+
+def _disk_full(out: Path, cause: OSError, needed: tuple[int, int] | None, world: int) -> InputError:
+    """The one sentence for a disk that filled during the run; drops staging that holds no finished part."""
+    from simcal.core.disk import disk_full_error
+    from simcal.core.manifest import remove_manifest
+    from simcal.extract.store import parts_dir
+
+    staging = parts_dir(out)
+    finished = sorted(staging.glob("part_*.npz")) if staging.is_dir() else []
+    fix = _FIX_SPACE
+    if finished:
+        fix = (f"free space and run the same command again (it resumes from the {len(finished)} finished part(s) "
+               f"in {staging.name}), or choose another --out")
+    elif world == 1:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_manifest(staging)
+    return disk_full_error(out, cause, needed[0] if needed else None, "the cache with its staging parts", fix)
+
+
 def main(args: argparse.Namespace) -> int:
+    from simcal.core.disk import disk_full_cause
+    from simcal.core.lock import release
+    from simcal.detector.distributed import init_distributed
+
+    if args.fg_per_gt < 1 or args.bg_per_image < 0 or args.batch_size < 1:
+        raise input_error(None, "--fg-per-gt and --batch-size must be >= 1 and --bg-per-image >= 0")
+    rank, world, local_rank = init_distributed()
+    out = Path(args.out)
+    lock = _on_rank0(rank, world, local_rank, lambda: _lock(out))
+    needed: list[tuple[int, int]] = []
+    try:
+        return _run(args, rank, world, local_rank, out, needed)
+    except Exception as e:
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        raise _disk_full(out, cause, needed[0] if needed else None, world) from e
+    finally:
+        if lock is not None:
+            release(out, lock)
+
+
+def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: Path,
+         needed: list[tuple[int, int]]) -> int:
+    """The extraction itself, under the lock; ``needed`` receives the space estimate once it is known."""
     from tqdm import tqdm
 
     from simcal.core.device import resolve_device
     from simcal.data.annotations import load_annotations
     from simcal.data.detection_dataset import DetectionDataset
     from simcal.data.layout import resolve_dataset
-    from simcal.detector.checkpoint import check_categories, load_checkpoint
-    from simcal.detector.distributed import barrier, finish_distributed, init_distributed
+    from simcal.detector.checkpoint import check_categories, classifier_weights, load_checkpoint
+    from simcal.detector.distributed import barrier, finish_distributed
     from simcal.extract.store import existing_parts, iter_parts, write_part
 
-    if args.fg_per_gt < 1 or args.bg_per_image < 0 or args.batch_size < 1:
-        raise input_error(None, "--fg-per-gt and --batch-size must be >= 1 and --bg-per-image >= 0")
-    rank, world, local_rank = init_distributed()
     device = resolve_device(args.device, local_rank)
-    out = Path(args.out)
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
     ann = load_annotations(ann_path)
     model, ck = load_checkpoint(args.checkpoint, device)
@@ -177,11 +304,14 @@ def main(args: argparse.Namespace) -> int:
         return 0
     dataset = DetectionDataset(ann, image_root, with_masks=False)
     dataset.check_files()  # every rank, so a bad input stops all of them rather than hanging at a barrier
+    parts = list(iter_parts(len(dataset), images_per_part))
+    head_bytes = sum(4 * v.size for v in classifier_weights(model).values())
+    needed.append(_space_needed(ann, args, dim, head_bytes, parts, _resumable_parts(out, identity, len(parts))))
+    _on_rank0(rank, world, local_rank, lambda: _check_space(out, needed[0]))
     if rank == 0:
         _start(out, identity, args.overwrite)
     barrier()
 
-    parts = list(iter_parts(len(dataset), images_per_part))
     done = existing_parts(out, len(parts))
     mine = [(p, a, b) for p, a, b in parts if p % world == rank and p not in done]
     if rank == 0 and done:

@@ -52,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simcal.core.disk import disk_full_cause, disk_full_error
     from simcal.core.errors import InputError
 
     args = get_args_parser().parse_args(argv)
@@ -63,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"simcal {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk is the environment failing, not a bug: one sentence, as bad input
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        err = disk_full_error(cause.filename, cause)
+        print(f"simcal {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     return 0 if rc is None else int(rc)
 
 

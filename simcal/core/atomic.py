@@ -3,9 +3,11 @@
 Every file SimCal writes goes through :func:`atomic_write`: the content is written
 to a temporary name in the same directory (so the rename cannot cross file
 systems), flushed and fsynced, then renamed over the target; on any failure the
-temporary file is removed and the target is left as it was. The helpers below
-are the shapes outputs take: bytes, text, json, a torch object, a matplotlib
-figure as PNG.
+temporary file is removed and the target is left as it was. A full disk, however
+a library reports it, is re-raised as an ``OSError`` (ENOSPC/EDQUOT) naming the
+target, so the CLI can say which output did not fit (see :mod:`simcal.core.disk`).
+The helpers below are the shapes outputs take: bytes, text, json, a torch object,
+a matplotlib figure as PNG.
 """
 
 from __future__ import annotations
@@ -17,11 +19,25 @@ import shutil
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from simcal.core.disk import disk_full_cause, naming
+
+TEMP_MARK = ".tmp-"
+
 
 def temp_path(path: str | os.PathLike) -> Path:
     """A temporary sibling of ``path``, unique to this process (hidden, same directory)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def _name_disk_full(exc: BaseException, tmp: Path, path: Path) -> None:
+    """Re-raise a full disk met while writing ``tmp`` as an ``OSError`` naming ``path``; other errors pass."""
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return
+    inner = cause.filename is None or os.fspath(cause.filename).startswith(os.fspath(tmp))
+    if cause is not exc or inner:
+        raise naming(cause, path if inner else cause.filename) from exc
 
 
 @contextlib.contextmanager
@@ -36,6 +52,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        _name_disk_full(e, tmp, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,6 +78,9 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except Exception as e:
+        _name_disk_full(e, tmp, path)
+        raise
     finally:
         _remove(tmp)
 
