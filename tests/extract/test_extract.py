@@ -166,7 +166,8 @@ def test_h5_export_round_trip(val_cache, tmp_path, cli):
     z, h = Cache(val_cache), Cache(out)
     plain = [{k: v for k, v in c.attrs.items() if k != "integrity"} for c in (h, z)]
     assert plain[0] == plain[1]
-    assert h.attrs["integrity"]["arrays"].keys() >= {"features", "labels", "index/class_rows", "detector_head/fc6.weight"}
+    recorded = h.attrs["integrity"]["arrays"].keys()
+    assert recorded >= {"features", "labels", "index/class_rows", "detector_head/fc6.weight"}
     assert verify(h) == []  # the export carries its own checksums
     for k in (*ROW_ARRAYS, "image_ids"):
         assert np.array_equal(np.asarray(h[k][:]), np.asarray(z[k][:])), k
