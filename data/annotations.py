@@ -25,14 +25,8 @@ from typing import Any
 from simcal.core.errors import InputError, input_error
 from simcal.core.jsonio import parse_json, read_bytes
 from simcal.data.categories import CategoryMapping
-from simcal.data.geometry import (
-    COORD_TOLERANCE,
-    box_outside,
-    counts_list_problem,
-    polygon_problem,
-    rle_strings_problem,
-)
 
+# simcal.data.geometry (numpy) is imported inside the checks that use it: `simcal --help` imports this module.
 _TOP_KEYS = ("images", "annotations", "categories")
 _FIX_ANN = "fix the annotation file (LVIS/COCO instance format)"
 
@@ -132,6 +126,8 @@ def _is_id(x: Any) -> bool:
 
 def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any], rle_strings: list) -> None:
     """Polygons and RLE are checked against the image; compressed strings are queued for one batched check."""
+    from simcal.data.geometry import COORD_TOLERANCE, counts_list_problem, polygon_problem
+
     seg = ann["segmentation"]
     aid = ann["id"]
     h, w = img["height"], img["width"]
@@ -170,6 +166,8 @@ def _check_segmentation(path: Path, ann: dict[str, Any], img: dict[str, Any], rl
 
 def _check_rle_strings(path: Path, rle_strings: list) -> None:
     """Every compressed RLE of the file, decoded at once (see :func:`simcal.data.geometry.rle_strings_problem`)."""
+    from simcal.data.geometry import rle_strings_problem
+
     if not rle_strings:
         return
     found = rle_strings_problem([s for _, s, _ in rle_strings], [p for _, _, p in rle_strings])
@@ -182,6 +180,8 @@ def _check_rle_strings(path: Path, rle_strings: list) -> None:
 
 def _check_instance(path: Path, a: dict[str, Any], img: dict[str, Any]) -> None:
     """Box, area and crowd flag of one annotation (ids already checked)."""
+    from simcal.data.geometry import COORD_TOLERANCE, box_outside
+
     box = a["bbox"]
     if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)

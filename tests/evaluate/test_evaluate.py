@@ -340,7 +340,7 @@ def test_bad_results_are_one_sentence_exit_2(case, case_files, tmp_path, cli):
     r = run_simcal("evaluate", "--results", case_files / "res.json")  # the real exit-code path of 'simcal evaluate'
     assert r.returncode == 2 and "missing --gt, --train-ann" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("simcal evaluate: error: ")
-    assert "--max-dets must be a positive integer" in _bad(
+    assert "argument --max-dets: must be an integer >= 1" in _bad(
         cli, case_files, tmp_path, json.dumps([good]), "--max-dets", "0"
     )
 
