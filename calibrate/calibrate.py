@@ -199,20 +199,19 @@ def _sweep_configs(args: argparse.Namespace, cfg, amp: bool) -> list:
 
 def _check_out(args: argparse.Namespace) -> None:
     """Outputs are checked before any work: a head is a file, a sweep a folder."""
+    from simcal.core.atomic import require_output
+
     if args.sample_only:
         if not args.stats:
             raise input_error(None, "--sample-only needs --stats OUT.json")
-        if Path(args.stats).is_dir():
-            raise input_error(args.stats, "is a folder", "pass a file name such as stats.json")
-        return
+        return require_output(args.stats, "file", "--stats", "stats.json")
     if not args.out:
         what = "--sweep needs --out DIR" if args.sweep else "--out HEAD.pth is required"
         raise input_error(None, what, "name where the heads go" if args.sweep else "name the head checkpoint to write")
-    out = Path(args.out)
-    if args.sweep and out.exists() and not out.is_dir():
-        raise input_error(out, "is a file, and --sweep writes a folder", "pass a folder name")
-    if not args.sweep and out.is_dir():
-        raise input_error(out, "is a folder", "pass a file name such as head.pth")
+    if args.sweep:
+        require_output(args.out, "folder", "--out with --sweep", "sweep/")
+    else:
+        require_output(args.out, "file", "--out", "head.pth")
 
 
 def _run_sweep(args: argparse.Namespace, configs: list, cache, device, reader, index, eval_cache,

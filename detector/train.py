@@ -83,14 +83,14 @@ class _Run:
 
 def _setup(args: argparse.Namespace) -> _Run | None:
     """Check the flags, join the process group, load the data; None when ``--out`` is already trained."""
+    from simcal.core.atomic import require_output
     from simcal.core.device import resolve_amp, resolve_device
     from simcal.core.manifest import completed, remove_manifest
     from simcal.data.annotations import load_annotations
     from simcal.data.layout import resolve_dataset
     from simcal.detector.distributed import init_distributed
 
-    if args.iters <= 0 or args.batch_size <= 0:
-        raise input_error(None, "--iters and --batch-size must be positive")
+    require_output(args.out, "file", "--out", "detector.pth")  # the numbers were checked by their flags
     if args.arch != "r50_fpn" and args.backbone_weights:
         raise input_error(args.backbone_weights, "--backbone-weights applies to --arch r50_fpn only")
     rank, world, local_rank = init_distributed()

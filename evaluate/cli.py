@@ -90,13 +90,15 @@ def run(args: argparse.Namespace) -> int:
             "--train-ann TRAIN.json' (or 'simcal evaluate --compare A.json B.json')."
         )
 
-    from simcal.core.atomic import write_json, write_text
+    from simcal.core.atomic import require_output, write_json, write_text
     from simcal.core.manifest import completed, fingerprint_file, write_manifest
     from simcal.data.annotations import load_annotations
     from simcal.evaluate.evaluator import default_iou_types, evaluate_results
     from simcal.evaluate.inputs import read_results, resolve_max_dets
     from simcal.evaluate.tables import load_metrics, metrics_table, per_class_csv
 
+    require_output(args.out, "file", "--out", "metrics.json")
+    require_output(args.per_class, "file", "--per-class", "per_class.csv")
     gt = load_annotations(args.gt)
     max_dets, source = resolve_max_dets(args.max_dets, gt)
     train = load_annotations(args.train_ann)

@@ -41,9 +41,12 @@ def _load_heads(specs, ck: dict, checkpoint: str, dim: int,
 
 def _specs(args: argparse.Namespace) -> tuple[list, dict[str, Path]]:
     """The variants to score and the results file of each."""
+    from simcal.core.atomic import require_output
     from simcal.infer.variants import VariantSpec, check_variant, read_variants
 
     out = Path(args.out)
+    require_output(out, "folder" if args.sweep else "file", "--out" + (" with --sweep" if args.sweep else ""),
+                   "sweep/" if args.sweep else "results.json")
     if args.sweep:
         specs = read_variants(args.sweep)
         return specs, {s.name: out / s.name / "results.json" for s in specs}

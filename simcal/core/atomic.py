@@ -24,6 +24,23 @@ from simcal.core.disk import disk_full_cause, naming
 TEMP_MARK = ".tmp-"
 
 
+def require_output(path: str | os.PathLike | None, kind: str, flag: str, example: str) -> None:
+    """Refuse, before any work, an output of the wrong kind: ``kind`` is ``file`` or ``folder``.
+
+    A file output that is an existing folder (or the reverse) would otherwise fail at the final
+    rename, after the whole run.
+    """
+    from simcal.core.errors import input_error
+
+    if path is None:
+        return
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise input_error(path, f"is a folder, and {flag} names a file", f"pass a file name such as {example}")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise input_error(path, f"is a file, and {flag} names a folder", f"pass a folder name such as {example}")
+
+
 def temp_path(path: str | os.PathLike) -> Path:
     """A temporary sibling of ``path``, unique to this process (hidden, same directory)."""
     path = Path(path)

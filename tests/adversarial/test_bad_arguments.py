@@ -80,7 +80,7 @@ def test_outputs_of_the_wrong_kind_are_refused_before_work(cli, tmp_path):
     missing = tmp_path / "missing.zarr"  # never opened: the output is checked first
     _one_line(cli("calibrate", "--cache", missing, "--out", tmp_path / "dir.pth"), "dir.pth: is a folder")
     _one_line(cli("calibrate", "--cache", missing, "--sweep", tmp_path / "grid.json", "--out", tmp_path / "file"),
-              "file: is a file, and --sweep writes a folder")
+              "file: is a file, and --out with --sweep names a folder")
     _one_line(cli("calibrate", "--cache", missing, "--sample-only", "--stats", tmp_path / "dir.pth"),
               "dir.pth: is a folder")
     _one_line(cli("calibrate", "--cache", missing, "--preload", "gpu", "--out", tmp_path / "h.pth", "--device", "cpu"),
@@ -92,3 +92,14 @@ def test_diverging_calibration_writes_no_head(cli, quick_caches, tmp_path):
     r = cli("calibrate", "--cache", quick_caches["train"], "--steps", "60", "--lr", "1e30", "--out", out)
     _one_line(r, "calibration diverged", "no head was written", "lower --lr")
     assert list(tmp_path.iterdir()) == []  # no head, no log, no manifest, no temporary file
+
+
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--data", "d"]), ("infer", ["--checkpoint", "d.pth", "--data", "d"]),
+    ("evaluate", ["--gt", "g.json", "--results", "r.json", "--train-ann", "t.json"]),
+])
+def test_a_file_output_that_is_a_folder_is_refused_first(cli, tmp_path, command, args):
+    """Inputs that do not exist are never opened: the output is checked before anything runs."""
+    (tmp_path / "taken").mkdir()
+    r = cli(command, *args, "--out", tmp_path / "taken")
+    _one_line(r, "taken: is a folder, and --out names a file")
