@@ -138,10 +138,12 @@ def _value_problems(cache: Cache) -> list[str]:
         scale = np.asarray(cache["feature_scale"][:])
         if not (np.isfinite(scale).all() and (scale > 0).all()):
             problems.append("int8 feature scales that are not finite and positive")
-    for start in range(0, R, _BLOCK):
-        f = np.asarray(cache["features"][start : start + _BLOCK])
-        if f.dtype != np.int8 and not np.isfinite(f).all():
-            problems.append(f"non-finite features in rows {start}..{start + len(f) - 1}")
+    feats = cache["features"]
+    step = max(1, (64 * 2**20) // max(1, feats.shape[1] * feats.dtype.itemsize))  # 64 MiB of rows at a time
+    for start in range(0 if feats.dtype == np.float16 else R, R, step):
+        bits = np.asarray(feats[start : start + step]).view(np.uint16)
+        if np.any((bits & 0x7C00) == 0x7C00):  # float16 exponent all ones: inf or NaN
+            problems.append(f"non-finite features in rows {start}..{start + len(bits) - 1}")
             break
     return problems
 
