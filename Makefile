@@ -17,12 +17,14 @@ STAGES := data detector extract calibrate infer evaluate
 venv: $(STAMP)
 
 # --no-compile skips byte-compiling every file of every package (most are never imported); the import
-# line then writes the bytecode of those that are, once, before parallel test processes would each compile it.
+# line then writes the bytecode of those that are, once (even where PYTHONDONTWRITEBYTECODE is set, as in
+# CI, which would otherwise leave every later process compiling torch from source).
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile $(PINNED)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -e .
-	$(BIN)/python -c "import torch.distributed.run, torchvision, zarr, h5py, lvis, faster_coco_eval, matplotlib.pyplot"
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import torch.distributed.run, torchvision, zarr, h5py, lvis, \
+	  faster_coco_eval, pycocotools.mask, matplotlib.pyplot, tqdm, PIL.Image, torch.utils.data, simcal.cli"
 	touch $(STAMP)
 
 demo: $(STAMP)
