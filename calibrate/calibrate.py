@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,7 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
     identity = _identity(cfg, cache, eval_cache)
     previous = completed(out, "calibrate", identity)
     if previous is not None:
-        print(f"reusing {out} (same configuration and cache)", file=sys.stderr)
+        print(f"reusing {out} (same configuration and cache)")
         return previous["record"]["row"]
     remove_manifest(out)
     # The log appears with its head: a run that fails leaves neither (atomic_open removes its temporary file).
@@ -149,7 +148,7 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     spec = DetectorSpec(model, ck, args.checkpoint, ann.fingerprint)
     eval_cache = _open(args.eval_cache) if args.eval_cache else None
     row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source)
-    print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)", file=sys.stderr)
+    print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)")
     if eval_cache is not None:
         print(results_table([row]))
     return 0
@@ -223,7 +222,7 @@ def _run_sweep(args: argparse.Namespace, configs: list, cache, device, reader, i
     rows = []
     for n, c in enumerate(configs, 1):
         name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
-        print(f"[{n}/{len(configs)}] {name}", file=sys.stderr)
+        print(f"[{n}/{len(configs)}] {name}")
         rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader))
     write_json(out / "results.json", rows, indent=2)
     table = results_table(rows)
@@ -238,7 +237,7 @@ def _run_sample_only(args: argparse.Namespace, cfg, cache, index) -> int:
     stats = sampler_statistics(cache, index, cfg)
     write_json(args.stats, stats, indent=2)
     print(f"wrote {args.stats}: {stats['batches']} batches, {sum(stats['fg_rows'].values())} fg rows, "
-          f"{stats['bg_rows']} bg rows, {stats['images']} images", file=sys.stderr)
+          f"{stats['bg_rows']} bg rows, {stats['images']} images")
     return 0
 
 
@@ -284,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
     print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "
-          f"{row['steps_per_s']} steps/s)", file=sys.stderr)
+          f"{row['steps_per_s']} steps/s)")
     if eval_cache is not None:
         print(results_table([row]))
     return 0

@@ -99,7 +99,7 @@ def run_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out, created = synthesize(args.out, args.preset, args.seed, overwrite=args.overwrite)
     what = f"wrote {out} in {time.perf_counter() - t0:.1f} s" if created else f"{out} already holds this benchmark"
-    print(f"{what} (preset {args.preset}, seed {args.seed})", file=sys.stderr)
+    print(f"{what} (preset {args.preset}, seed {args.seed})")
     if not args.no_stats:
         print(format_summary(dataset_summary(load_annotations(out / "annotations" / "train.json"))))
     return 0

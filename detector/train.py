@@ -109,7 +109,7 @@ def _setup(args: argparse.Namespace) -> _Run | None:
     if run.out.exists() and not args.overwrite:
         if args.resume and completed(run.out, "train", run.identity):
             if rank == 0:
-                print(f"{run.out} is already trained ({args.iters} iterations); nothing to do.", file=sys.stderr)
+                print(f"{run.out} is already trained ({args.iters} iterations); nothing to do.")
             return None
         raise input_error(run.out, "already exists", "pass --overwrite to replace it, or choose another --out")
     if rank == 0:
@@ -157,7 +157,7 @@ def _resume(args: argparse.Namespace, run: _Run, model, optimizer, scheduler, sc
     scheduler.load_state_dict(ts["scheduler"])
     scaler.load_state_dict(ts["scaler"])
     if run.rank == 0:
-        print(f"resuming from {run.resume_path} at iteration {state['iteration']}", file=sys.stderr)
+        print(f"resuming from {run.resume_path} at iteration {state['iteration']}")
     return state["iteration"], ts["rng"]
 
 
@@ -306,7 +306,7 @@ def _train(args: argparse.Namespace, run: _Run) -> int:
         mem = (f", peak GPU memory {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB"
                if run.device.type == "cuda" else "")
         print(f"wrote {run.out} ({args.iters - start_iter} iterations in {took:.0f} s, "
-              f"{took / max(args.iters - start_iter, 1):.3f} s/it{mem})", file=sys.stderr)
+              f"{took / max(args.iters - start_iter, 1):.3f} s/it{mem})")
     finish_distributed()
     return 0
 

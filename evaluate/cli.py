@@ -115,13 +115,13 @@ def run(args: argparse.Namespace) -> int:
     identity = {"gt": gt.fingerprint, "train": train.fingerprint, "results": fingerprint_file(args.results),
                 "iou_types": list(iou_types), "bins": args.bins, "backend": args.backend, "max_dets": max_dets}
     if args.out and not args.per_class and completed(args.out, "evaluate", identity):
-        print(cap_line, file=sys.stderr)
+        print(cap_line)
         print(metrics_table(load_metrics(args.out)))
-        print(f"\n{args.out} already holds these metrics; nothing to do.", file=sys.stderr)
+        print(f"\n{args.out} already holds these metrics; nothing to do.")
         return 0
     report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
     report.config["max_dets_source"] = source
-    print(cap_line, file=sys.stderr)
+    print(cap_line)
     for w in report.warnings:
         _warn(w)
     doc = report.to_json()
@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, doc, indent=1)
         write_manifest(args.out, "evaluate", identity)
-        print(f"\nwrote {args.out}", file=sys.stderr)
+        print(f"\nwrote {args.out}")
     if args.per_class:
         write_text(args.per_class, per_class_csv(report.per_class))
-        print(f"wrote {args.per_class}", file=sys.stderr)
+        print(f"wrote {args.per_class}")
     return 0

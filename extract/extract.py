@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -142,8 +141,7 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
                                               "annotations": str(ann_path), "world_size": world})
     took = time.perf_counter() - t0
     print(f"wrote {out}: {counts['rows']} rows ({counts['fg_rows']} fg, {counts['bg_rows']} bg) from "
-          f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)",
-          file=sys.stderr)
+          f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)")
 
 
 def _on_rank0(rank: int, world: int, local_rank: int, fn) -> Any:
@@ -177,7 +175,7 @@ def _lock(out: Path) -> dict[str, Any]:
                + remove_dead_temps(parts_dir(out)))
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by runs that are gone: "
-              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+              f"{', '.join(p.name for p in removed)}")
     return lock
 
 
@@ -299,7 +297,7 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
     identity = _identity(ck, ann, params)
     if _already_done(out, identity, args.overwrite):
         if rank == 0:
-            print(f"{out} is already a complete cache with these parameters; nothing to do.", file=sys.stderr)
+            print(f"{out} is already a complete cache with these parameters; nothing to do.")
         finish_distributed()
         return 0
     dataset = DetectionDataset(ann, image_root, with_masks=False)
@@ -315,7 +313,7 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
     done = existing_parts(out, len(parts))
     mine = [(p, a, b) for p, a, b in parts if p % world == rank and p not in done]
     if rank == 0 and done:
-        print(f"resuming: {len(done)} of {len(parts)} parts already extracted", file=sys.stderr)
+        print(f"resuming: {len(done)} of {len(parts)} parts already extracted")
     bar = tqdm(total=sum(b - a for _, a, b in mine), desc=f"extract r{rank}", unit="img",
                disable=None if rank == 0 else True, dynamic_ncols=True)
     t0 = time.perf_counter()

@@ -15,7 +15,6 @@ same configuration, so an interrupted sweep resumes.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
 
     todo = [s for s in specs if not completed(targets[s.name], "infer", identity(s))]
     if len(todo) < len(specs):
-        print(f"reusing {len(specs) - len(todo)} finished variant(s) in {args.out}", file=sys.stderr)
+        print(f"reusing {len(specs) - len(todo)} finished variant(s) in {args.out}")
     if not todo:
         finish_distributed()
         return 0
@@ -128,8 +127,8 @@ def main(args: argparse.Namespace) -> int:
                   "checkpoint": str(args.checkpoint), "annotations": str(ann_path), "world_size": world,
                   "seconds": round(seconds, 2), "variants_in_pass": len(todo), "categories": ck["categories"]}
         write_manifest(path, "infer", identity(spec), record)
-        print(f"wrote {path}: {len(res)} detections on {len(ds)} images", file=sys.stderr)
+        print(f"wrote {path}: {len(res)} detections on {len(ds)} images")
     if rank == 0:
-        print(f"{len(todo)} variant(s) in {seconds:.1f} s", file=sys.stderr)
+        print(f"{len(todo)} variant(s) in {seconds:.1f} s")
     finish_distributed()
     return 0

@@ -17,7 +17,6 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,7 @@ class _Timings:
         return cls([r for r in previous if isinstance(r, dict)] if isinstance(previous, list) else [])
 
     def start(self, step: str, message: str) -> float:
-        print(f"[demo] {step}: {message}", file=sys.stderr)
+        print(f"[demo] {step}: {message}")
         return time.perf_counter()
 
     def record(self, step: str, what: str, t0: float, ran: bool) -> None:
@@ -248,7 +247,7 @@ def _report(out: Path, summary: dict[str, Any], plan: Plan) -> None:
     report = write_report(out, summary, plan.layout)
     write_text(out / "report.md", report)
     print(report)
-    print(f"report: {out / 'report.md'}", file=sys.stderr)
+    print(f"report: {out / 'report.md'}")
 
 
 def run(args: argparse.Namespace) -> int:

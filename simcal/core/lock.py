@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -142,7 +141,7 @@ def acquire(out: str | os.PathLike, command: str, wait_s: float = 10.0) -> dict[
             break
         if owner is not None and _take_over(path, owner):
             print(f"simcal {command}: taking over {path}: process {owner['pid']} on host {owner['host']} "
-                  "is gone", file=sys.stderr)
+                  "is gone")
             continue
         time.sleep(_RETRY_S)
     raise _refusal(out, path, owner)

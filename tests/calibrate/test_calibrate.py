@@ -174,7 +174,7 @@ def test_sweep_of_several_grids_runs_their_union_once_and_resumes(quick_caches, 
         ("linear", "random", "ce")]
     before = (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns
     r = cli(*argv)
-    assert r.returncode == 0 and r.stderr.count("reusing") == 4, r.stderr
+    assert r.returncode == 0 and r.stdout.count("reusing") == 4, r.stdout
     assert (out / "linear_random_focal_s5_seed0.pth").stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text()) == rows
 

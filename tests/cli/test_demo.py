@@ -36,7 +36,7 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     assert summary["props_gt"]["segm"]["AP"] != summary["baseline"]["segm"]["AP"]
     # A second run (in-process: the first was the real process) reuses the detector, the heads and the predictions.
     r2 = cli("demo", "--preset", "smoke", "--out", out)
-    assert r2.returncode == 0 and "reusing" in r2.stderr
-    assert "reusing 22 finished variant(s)" in r2.stderr
+    assert r2.returncode == 0 and "reusing" in r2.stdout
+    assert "reusing 22 finished variant(s)" in r2.stdout
     again = json.loads((out / "summary.json").read_text())
     assert again["baseline"]["segm"] == summary["baseline"]["segm"] and again["tau_norm"] == summary["tau_norm"]

@@ -37,7 +37,7 @@ def test_short_run_writes_checkpoint_log_and_config(quick_bench, tmp_path, cli):
     # A finished run is not redone; an existing output is not overwritten by accident.
     again = _train(quick_bench, out, "--iters", "4", "--resume", "--sampler", "repeat_factor", "--rfs-t", "0.1",
                    "--cls-loss", "reweight")
-    assert again.returncode == 0 and "already trained" in again.stderr
+    assert again.returncode == 0 and "already trained" in again.stdout
     clash = _train(quick_bench, out, "--iters", "4")
     assert clash.returncode == 2 and "already exists" in clash.stderr and "Traceback" not in clash.stderr
 
@@ -60,7 +60,7 @@ def test_resume_after_kill_gives_the_same_weights(quick_bench, tmp_path, cli):
     assert resume.exists() and not out.exists()
     r = cli("train", "--data", quick_bench, "--out", out, *FAST, *args, "--resume")
     assert r.returncode == 0, r.stderr
-    assert "resuming from" in r.stderr
+    assert "resuming from" in r.stdout
     a, b = torch.load(ref, weights_only=True), torch.load(out, weights_only=True)
     assert a["detector_fingerprint"] == b["detector_fingerprint"]
 

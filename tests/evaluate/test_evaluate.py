@@ -375,7 +375,7 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
     r = cli(*args, "--out", tmp_path / "out" / "m.json", "--per-class", tmp_path / "out" / "pc.csv")
     assert r.returncode == 0, r.stderr
     cap = gt["info"]["max_dets_per_image"]
-    assert f"evaluation cap: {cap} detections per image" in r.stderr
+    assert f"evaluation cap: {cap} detections per image" in r.stdout
     assert "| AP (%) | AP1 | AP2 | AP3 | AP4 | APr | APc | APf | AP |" in r.stdout
     assert "| box |" in r.stdout and "| mask |" in r.stdout
     doc = json.loads((tmp_path / "out" / "m.json").read_text())
@@ -395,7 +395,7 @@ def test_cli_on_the_synthetic_benchmark(quick_bench, tmp_path, cli):
 
     r2 = cli(*args, "--backend", "lvis", "--max-dets", "300", "--iou-type", "segm", "--out", tmp_path / "ref.json")
     assert r2.returncode == 0, r2.stderr
-    assert "evaluation cap: 300 detections per image (--max-dets)" in r2.stderr
+    assert "evaluation cap: 300 detections per image (--max-dets)" in r2.stdout
     ref = json.loads((tmp_path / "ref.json").read_text())
     assert list(ref) == ["segm", "config"] and ref["config"]["max_dets_per_image"] == 300
 

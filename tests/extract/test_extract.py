@@ -112,7 +112,7 @@ def test_features_match_the_detector(val_cache, detector, quick_bench):
 def test_rerun_is_idempotent_and_mismatches_are_refused(val_cache, quick_bench, detector, tmp_path, cli):
     before = {p: p.stat().st_mtime_ns for p in val_cache.rglob("*")}
     r = _extract(cli, quick_bench, detector, val_cache, "--flip")
-    assert r.returncode == 0 and "already a complete cache" in r.stderr
+    assert r.returncode == 0 and "already a complete cache" in r.stdout
     r = _extract(cli, quick_bench, detector, val_cache, "--flip", "--bg-per-image", "4")
     assert r.returncode == 2 and "other parameters or another detector" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "notacache").mkdir()

@@ -121,7 +121,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, few_
     assert max(per_image.values()) == 5
     assert (tmp_path / "gt.json").read_bytes() != (tmp_path / "sweep" / "orig" / "results.json").read_bytes()
     r = cli("infer", *common, "--sweep", tmp_path / "v.json", "--out", tmp_path / "sweep")
-    assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stderr, r.stderr
+    assert r.returncode == 0 and "reusing 5 finished variant(s)" in r.stdout, r.stdout
 
 
 def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, quick_detector, quick_bench, tmp_path):
