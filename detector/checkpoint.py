@@ -195,6 +195,9 @@ def validate_checkpoint(ckpt: dict[str, Any]) -> CategoryMapping:
     bad = next((k for k, v in kwargs.items() if not isinstance(k, str) or not isinstance(v, _SCALARS)), None)
     if bad is not None:
         raise ValueError(f"has builder_kwargs entry {bad!r} that is not a name with a number, string or bool")
+    if "backbone_weights" in kwargs:  # a file the builder would open: a checkpoint carries its weights itself
+        raise ValueError("has builder_kwargs entry 'backbone_weights' (a file to read), which a checkpoint never "
+                         "needs")
     mapping = category_mapping(ckpt["categories"])
     check_category_stats(ckpt["category_stats"], "category_stats", mapping.ids)
     model = f"its arch {arch!r} with {mapping.num_classes} categories"

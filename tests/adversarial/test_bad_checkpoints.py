@@ -150,6 +150,8 @@ CASES = [
     ("det-kwargs-list", "det", _set("builder_kwargs", [1]), "'builder_kwargs' of type list"),
     ("det-kwargs-tensor", "det", _set("builder_kwargs", {"class_agnostic": torch.ones(1)}),
      "builder_kwargs entry 'class_agnostic'"),
+    ("det-names-a-file", "det", _set("builder_kwargs", {"backbone_weights": "/etc/passwd"}),
+     "builder_kwargs entry 'backbone_weights' (a file to read)"),
     ("det-declared-size", "det", _set("builder_kwargs", {"representation_size": 100000}),
      f"'{FC6}' is torch.float32 (256, 3136), it needs torch.float32 (100000, 3136)"),
     ("det-wrong-shape", "det", _tensor(FC6, lambda t: t[:10]), f"'{FC6}' is torch.float32 (10, 3136)"),
