@@ -180,23 +180,11 @@ def _check_rle_strings(path: Path, rle_strings: list) -> None:
 
 def _check_instance(path: Path, a: dict[str, Any], img: dict[str, Any]) -> None:
     """Box, area and crowd flag of one annotation (ids already checked)."""
-    from simcal.data.geometry import COORD_TOLERANCE, box_outside
+    from simcal.data.geometry import box_problem
 
-    box = a["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-        raise input_error(path, f"annotation {a['id']} bbox is not [x, y, w, h] of finite numbers", _FIX_ANN)
-    if box[2] <= 0 or box[3] <= 0:
-        raise input_error(
-            path,
-            f"annotation {a['id']} has a non-positive box size (w={box[2]}, h={box[3]})",
-            "fix or drop that annotation",
-        )
-    if box_outside(box, img["height"], img["width"]):
-        raise input_error(
-            path,
-            f"annotation {a['id']} bbox {box} lies outside its {img['width']}x{img['height']} image {img['id']}",
-            f"boxes must stay within {int(COORD_TOLERANCE * 100)}% of the image size of the image",
-        )
+    problem = box_problem(a["bbox"], img["height"], img["width"], empty_ok=False)
+    if problem is not None:
+        raise input_error(path, f"annotation {a['id']} of image {img['id']}: {problem}", "fix or drop that annotation")
     area = a.get("area")
     if area is not None and not (_is_number(area) and area >= 0):
         raise input_error(

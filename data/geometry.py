@@ -16,6 +16,7 @@ from the fourth on are stored as the difference to the run two before.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,6 +52,22 @@ def polygon_problem(polygons: Any, height: int, width: int) -> str | None:
         xs, ys = xy[0::2], xy[1::2]
         if xs.min() < x0 or xs.max() > x1 or ys.min() < y0 or ys.max() > y1:
             return f"a bad polygon (a coordinate outside the {width}x{height} image)"
+    return None
+
+
+def box_problem(box: Any, height: int, width: int, empty_ok: bool) -> str | None:
+    """What is wrong with an [x, y, w, h] box of a ``width`` x ``height`` image, or None.
+
+    Ground truth needs w, h > 0; detections may be empty (``empty_ok``: w, h >= 0).
+    """
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        return "bbox is not [x, y, w, h] of finite numbers"
+    if (min(box[2], box[3]) < 0) if empty_ok else (min(box[2], box[3]) <= 0):
+        return f"has a {'negative' if empty_ok else 'non-positive'} box size (w={box[2]}, h={box[3]})"
+    if box_outside(box, height, width):
+        return (f"bbox {box} lies outside its {width}x{height} image (boxes must stay within "
+                f"{int(COORD_TOLERANCE * 100)}% of the image size of the image)")
     return None
 
 

@@ -19,7 +19,7 @@ from simcal.core.errors import InputError, input_error
 from simcal.data.annotations import Annotations
 from simcal.data.geometry import (
     COORD_TOLERANCE,
-    box_outside,
+    box_problem,
     boxes_outside,
     counts_list_problem,
     polygon_problem,
@@ -300,20 +300,10 @@ def _check_id(where, gt: Annotations, i: int, value: Any, key: str, known) -> No
 
 def _check_box(where, i: int, box: Any, im: dict[str, Any]) -> None:
     """``bbox`` of result ``i``: finite [x, y, w, h], w, h >= 0, within the tolerated frame of its image."""
-    if not (isinstance(box, list) and len(box) == 4 and all(_finite(v) for v in box)):
-        raise input_error(where, f"result {i} bbox is not [x, y, w, h] of finite numbers", _FIX_RESULTS)
-    if box[2] < 0 or box[3] < 0:
-        raise input_error(
-            where,
-            f"result {i} has a negative box size (w={box[2]}, h={box[3]})",
-            "boxes are [x, y, width, height]",
-        )
-    if box_outside(box, im["height"], im["width"]):
-        raise input_error(
-            where,
-            f"result {i} bbox {box} lies outside its {im['width']}x{im['height']} image {im['id']}",
-            f"boxes must stay within {int(COORD_TOLERANCE * 100)}% of the image size (clip them to the image)",
-        )
+    problem = box_problem(box, im["height"], im["width"], empty_ok=True)
+    if problem is not None:
+        raise input_error(where, f"result {i} (image {im['id']}): {problem}", "boxes are [x, y, width, height] "
+                          "inside their image")
 
 
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
