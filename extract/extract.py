@@ -246,8 +246,6 @@ def main(args: argparse.Namespace) -> int:
     from simcal.core.lock import release
     from simcal.detector.distributed import init_distributed
 
-    if args.fg_per_gt < 1 or args.bg_per_image < 0 or args.batch_size < 1:
-        raise input_error(None, "--fg-per-gt and --batch-size must be >= 1 and --bg-per-image >= 0")
     rank, world, local_rank = init_distributed()
     out = Path(args.out)
     lock = _on_rank0(rank, world, local_rank, lambda: _lock(out))
