@@ -5,7 +5,9 @@ foreground classes (the model has C + 1 outputs, 0 = background):
 
 - ``r50_fpn``: ``maskrcnn_resnet50_fpn``'s architecture (the paper's model): ResNet-50
   with frozen BatchNorm + FPN-256, box head ``TwoMLPHead`` 12544 -> 1024 -> 1024.
-  ImageNet backbone weights only from a local file (``backbone_weights=PATH``).
+  ImageNet backbone weights only from a local file (``backbone_weights=PATH``);
+  ``stride_in_1x1=True`` puts each stage's stride in its first 1x1 conv, as the MSRA
+  ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -82,6 +84,13 @@ def _load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
         raise input_error(path, f"is not a ResNet-50 state_dict (missing {len(missing)} keys, e.g. {missing[0]!r})")
 
 
+def _move_stride_to_1x1(body: nn.Module) -> None:
+    """The original MSRA ResNet (detectron2's ``STRIDE_IN_1X1=True``, mmdetection's ``style='caffe'``) strides in
+    the first 1x1 conv of a stage, torchvision's in the 3x3: same shapes and weights, other features."""
+    for layer in (body.layer2, body.layer3, body.layer4):
+        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+
+
 def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
     from torchvision.models import resnet50
     from torchvision.models.detection import MaskRCNN
@@ -90,7 +99,10 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
 
     weights = kw.pop("backbone_weights", None)
     trainable = kw.pop("trainable_backbone_layers", 3)
+    stride_in_1x1 = kw.pop("stride_in_1x1", False)
     body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    if stride_in_1x1:
+        _move_stride_to_1x1(body)
     if weights:
         _load_backbone_weights(body, weights)
     backbone = _resnet_fpn_extractor(body, trainable)

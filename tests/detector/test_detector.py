@@ -166,3 +166,20 @@ def test_r50_backbone_weights_come_from_a_local_file_only(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="is not a readable torch state_dict"):
         build("r50_fpn", 2, backbone_weights=str(tmp_path / "bad.pth"))
+
+
+def test_stride_in_1x1_moves_the_stride_keeps_shapes_and_changes_features():
+    """detectron2's MSRA ResNet strides in the 1x1 conv: same weights and output sizes, other features."""
+    torch.manual_seed(0)
+    tv = build("r50_fpn", 3, min_size=64, max_size=64).eval()
+    msra = build("r50_fpn", 3, min_size=64, max_size=64, stride_in_1x1=True).eval()
+    msra.load_state_dict(tv.state_dict())
+    for name in ("layer2", "layer3", "layer4"):
+        block = getattr(msra.backbone.body, name)[0]
+        assert (block.conv1.stride, block.conv2.stride) == ((2, 2), (1, 1))
+        assert getattr(tv.backbone.body, name)[0].conv2.stride == (2, 2)
+    assert msra.backbone.body.layer1[0].conv1.stride == (1, 1)  # the first stage does not stride
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = tv.backbone(x), msra.backbone(x)
+    assert all(a[k].shape == b[k].shape for k in a) and not torch.allclose(a["0"], b["0"])
