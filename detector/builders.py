@@ -7,7 +7,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   with frozen BatchNorm + FPN-256, box head ``TwoMLPHead`` 12544 -> 1024 -> 1024.
   ImageNet backbone weights only from a local file (``backbone_weights=PATH``);
   ``stride_in_1x1=True`` puts each stage's stride in its first 1x1 conv, as the MSRA
-  ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors).
+  ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors);
+  ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -107,6 +108,14 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
         _load_backbone_weights(body, weights)
     backbone = _resnet_fpn_extractor(body, trainable)
     settings = dict(LVIS_TEST_SETTINGS)
+    anchors = kw.pop("anchors", "torchvision")
+    if anchors == "detectron2":  # unrounded cell anchors, fixed strides 4..64 (detector/anchors.py)
+        from simcal.detector.anchors import FixedStrideAnchorGenerator
+
+        settings["rpn_anchor_generator"] = FixedStrideAnchorGenerator(((32,), (64,), (128,), (256,), (512,)),
+                                                                      ((0.5, 1.0, 2.0),) * 5)
+    elif anchors != "torchvision":
+        raise ValueError(f"unknown anchors {anchors!r}; choose from torchvision, detectron2")
     settings.update(kw)
     return MaskRCNN(backbone, num_classes=num_classes + 1, **settings)
 

@@ -183,3 +183,28 @@ def test_stride_in_1x1_moves_the_stride_keeps_shapes_and_changes_features():
     with torch.no_grad():
         a, b = tv.backbone(x), msra.backbone(x)
     assert all(a[k].shape == b[k].shape for k in a) and not torch.allclose(a["0"], b["0"])
+
+
+def test_detectron2_anchors_are_unrounded_with_fixed_strides():
+    """An 800x800 padded image: P2..P6 grids 200, 100, 50, 25, 13. torchvision's P6 stride is 800 // 13 = 61;
+    detectron2's is 64 (modeling/anchor_generator.py), and its cell anchors keep their fractions."""
+    import math
+
+    from torchvision.models.detection.image_list import ImageList
+
+    from simcal.detector.anchors import FixedStrideAnchorGenerator
+
+    gen = build("r50_fpn", 3, anchors="detectron2").rpn.anchor_generator
+    assert isinstance(gen, FixedStrideAnchorGenerator)
+    images = ImageList(torch.zeros(1, 3, 800, 800), [(800, 800)])
+    maps = [torch.zeros(1, 256, g, g) for g in (200, 100, 50, 25, 13)]
+    d2 = gen(images, maps)[0]
+    tv = build("r50_fpn", 3).rpn.anchor_generator(images, maps)[0]
+    assert d2.shape == tv.shape == (3 * sum(g * g for g in (200, 100, 50, 25, 13)), 4)
+    # the first P2 anchor: size 32, ratio 0.5 -> w = sqrt(32**2 / 0.5), h = 0.5 w, centred at (0, 0)
+    w = math.sqrt(32 ** 2 / 0.5)
+    assert torch.allclose(d2[0], torch.tensor([-w / 2, -w / 4, w / 2, w / 4]))
+    assert torch.equal(tv[0], torch.tensor([-w / 2, -w / 4, w / 2, w / 4]).round())
+    # the last P6 anchor's centre: cell 12 of 13 at stride 64 (detectron2) vs 61 (torchvision)
+    assert d2[-1].view(2, 2).mean(0).tolist() == [12 * 64, 12 * 64]
+    assert tv[-1].view(2, 2).mean(0).tolist() == [12 * 61, 12 * 61]
