@@ -8,7 +8,9 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ImageNet backbone weights only from a local file (``backbone_weights=PATH``);
   ``stride_in_1x1=True`` puts each stage's stride in its first 1x1 conv, as the MSRA
   ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors);
-  ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides).
+  ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides);
+  ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
+  (:mod:`simcal.detector.aligned_pooler`).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -116,6 +118,15 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
                                                                       ((0.5, 1.0, 2.0),) * 5)
     elif anchors != "torchvision":
         raise ValueError(f"unknown anchors {anchors!r}; choose from torchvision, detectron2")
+    pooling = kw.pop("roi_align", "torchvision")
+    if pooling == "detectron2":  # ROIAlignV2: aligned=True, adaptive sampling (detector/aligned_pooler.py)
+        from simcal.detector.aligned_pooler import AlignedMultiScaleRoIAlign
+
+        levels = ["0", "1", "2", "3"]
+        settings["box_roi_pool"] = AlignedMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=0)
+        settings["mask_roi_pool"] = AlignedMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=0)
+    elif pooling != "torchvision":
+        raise ValueError(f"unknown roi_align {pooling!r}; choose from torchvision, detectron2")
     settings.update(kw)
     return MaskRCNN(backbone, num_classes=num_classes + 1, **settings)
 

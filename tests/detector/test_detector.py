@@ -208,3 +208,46 @@ def test_detectron2_anchors_are_unrounded_with_fixed_strides():
     # the last P6 anchor's centre: cell 12 of 13 at stride 64 (detectron2) vs 61 (torchvision)
     assert d2[-1].view(2, 2).mean(0).tolist() == [12 * 64, 12 * 64]
     assert tv[-1].view(2, 2).mean(0).tolist() == [12 * 61, 12 * 61]
+
+
+def test_detectron2_roi_align_pools_each_level_with_aligned_true():
+    """ROIAlignV2 = torchvision's roi_align(aligned=True, sampling_ratio=0) on the level each box maps to."""
+    from torchvision.ops import roi_align
+
+    from simcal.detector.aligned_pooler import AlignedMultiScaleRoIAlign
+
+    model = build("r50_fpn", 3, roi_align="detectron2")
+    pool = model.roi_heads.box_roi_pool
+    assert isinstance(pool, AlignedMultiScaleRoIAlign) and isinstance(model.roi_heads.mask_roi_pool, type(pool))
+    g = torch.Generator().manual_seed(0)
+    feats = {k: torch.randn(1, 4, 256 // s, 256 // s, generator=g) for k, s in (("0", 4), ("1", 8), ("2", 16),
+                                                                                 ("3", 32))}
+    boxes = [torch.tensor([[10.3, 12.7, 40.1, 33.9], [5.0, 5.0, 250.0, 240.0], [100.2, 80.6, 170.4, 200.8]])]
+    got = pool(feats, boxes, [(256, 256)])
+    levels = pool.map_levels(boxes)
+    assert len(set(levels.tolist())) >= 2  # the boxes reach several levels
+    for i, (box, level) in enumerate(zip(boxes[0], levels.tolist())):
+        feat = feats[str(level)]
+        rois = torch.cat([torch.zeros(1), box]).view(1, 5)
+        want = roi_align(feat, rois, (7, 7), spatial_scale=feat.shape[-1] / 256, sampling_ratio=0, aligned=True)
+        assert torch.allclose(got[i], want[0], atol=1e-6)
+    legacy = build("r50_fpn", 3).roi_heads.box_roi_pool(feats, boxes, [(256, 256)])
+    assert not torch.allclose(got, legacy)  # torchvision's own pooler is not aligned
+
+
+def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
+    """stride_in_1x1, anchors and roi_align are builder keywords: the checkpoint rebuilds the same model."""
+    torch.manual_seed(0)
+    kw = {"stride_in_1x1": True, "anchors": "detectron2", "roi_align": "detectron2", "min_size": 64, "max_size": 64}
+    model = build("r50_fpn", 3, **kw)
+    mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
+    stats = [{"id": i, "name": n, "instance_count": 3, "image_count": 2, "frequency": "r"}
+             for i, n in ((4, "a"), (8, "b"), (15, "c"))]
+    path = save_checkpoint(make_checkpoint(model, "r50_fpn", kw, mapping, stats, "sha256:x", {}, 0), tmp_path / "c.pth")
+    loaded, ck = load_checkpoint(path)
+    assert ck["builder_kwargs"] == kw and loaded.backbone.body.layer2[0].conv1.stride == (2, 2)
+    assert type(loaded.rpn.anchor_generator).__name__ == "FixedStrideAnchorGenerator"
+    x = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        a, b = model.eval()(x)[0], loaded.eval()(x)[0]
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
