@@ -10,7 +10,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors);
   ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides);
   ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
-  (:mod:`simcal.detector.aligned_pooler`).
+  (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` keeps the proposals and
+  detections narrower than torchvision's 1e-3 / 1e-2 pixel filters.
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -136,6 +137,9 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     from simcal.detector.class_agnostic import AgnosticFastRCNNPredictor, AgnosticMaskRCNNPredictor
     from simcal.detector.roi_heads import use_long_tail_roi_heads
 
+    small_boxes = kw.pop("small_boxes", "torchvision")
+    if small_boxes not in ("torchvision", "detectron2"):
+        raise ValueError(f"unknown small_boxes {small_boxes!r}; choose from torchvision, detectron2")
     if arch == "tiny":
         model = _tiny(num_classes, **kw)
     elif arch == "r50_fpn":
@@ -149,5 +153,7 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
         mp = heads.mask_predictor
         heads.mask_predictor = AgnosticMaskRCNNPredictor(mp.conv5_mask.in_channels, mp.conv5_mask.out_channels,
                                                          num_classes + 1)
-    use_long_tail_roi_heads(model)
+    heads = use_long_tail_roi_heads(model)
+    if small_boxes == "detectron2":  # detectron2 keeps tiny proposals and detections (its nonempty() test is > 0)
+        model.rpn.min_size, heads.min_box_size = 0.0, None
     return model

@@ -29,6 +29,10 @@ class LongTailRoIHeads(RoIHeads):
     #: ``(R, C+1) logits, (R, D) tap -> (R, C+1) probabilities``; None keeps the softmax.
     score_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
+    #: Detections narrower or shorter than this are dropped before NMS: torchvision's 1e-2, or None to keep
+    #: them as detectron2 does (``build(..., small_boxes="detectron2")``).
+    min_box_size: Optional[float] = 1e-2
+
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
         self._sampled_labels = out[2]
@@ -91,14 +95,18 @@ class LongTailRoIHeads(RoIHeads):
         return out
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        if self.score_fn is None:
+        if self.score_fn is None and self.min_box_size == 1e-2:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn
+        # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn and the
+        # small-box filter by min_box_size
         device = class_logits.device
         num_classes = class_logits.shape[-1]
         boxes_per_image = [b.shape[0] for b in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals)
-        pred_scores = self.score_fn(class_logits, self._tap.flatten(start_dim=1))
+        if self.score_fn is None:
+            pred_scores = torch.nn.functional.softmax(class_logits, -1)
+        else:
+            pred_scores = self.score_fn(class_logits, self._tap.flatten(start_dim=1))
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0),
                                               pred_scores.split(boxes_per_image, 0), image_shapes):
@@ -107,8 +115,9 @@ class LongTailRoIHeads(RoIHeads):
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             inds = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            if self.min_box_size is not None:
+                keep = box_ops.remove_small_boxes(boxes, min_size=self.min_box_size)
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])

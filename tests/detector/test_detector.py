@@ -251,3 +251,15 @@ def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
     with torch.no_grad():
         a, b = model.eval()(x)[0], loaded.eval()(x)[0]
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+@pytest.mark.parametrize("small_boxes, kept", [("torchvision", 1), ("detectron2", 2)])
+def test_small_boxes_switch_keeps_what_detectron2_keeps(small_boxes, kept):
+    """torchvision drops detections under 1e-2 px before NMS; detectron2 keeps them."""
+    model = build("tiny", 2, small_boxes=small_boxes).eval()
+    heads = model.roi_heads
+    proposals = [torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 50.005, 60.0]])]
+    logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]])
+    boxes, scores, labels = heads.postprocess_detections(logits, torch.zeros(2, 12), proposals, [(128, 128)])
+    assert len(boxes[0]) >= kept and (labels[0] == 1).sum() == kept
+    assert model.rpn.min_size == (1e-3 if small_boxes == "torchvision" else 0.0)
