@@ -11,7 +11,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides);
   ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
   (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` keeps the proposals and
-  detections narrower than torchvision's 1e-3 / 1e-2 pixel filters.
+  detections narrower than torchvision's 1e-3 / 1e-2 pixel filters; ``resize="detectron2"`` rounds
+  the test-time image size half up (:mod:`simcal.detector.rounding_transform`).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -137,9 +138,10 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     from simcal.detector.class_agnostic import AgnosticFastRCNNPredictor, AgnosticMaskRCNNPredictor
     from simcal.detector.roi_heads import use_long_tail_roi_heads
 
-    small_boxes = kw.pop("small_boxes", "torchvision")
-    if small_boxes not in ("torchvision", "detectron2"):
-        raise ValueError(f"unknown small_boxes {small_boxes!r}; choose from torchvision, detectron2")
+    small_boxes, resize = kw.pop("small_boxes", "torchvision"), kw.pop("resize", "torchvision")
+    for name, value in (("small_boxes", small_boxes), ("resize", resize)):
+        if value not in ("torchvision", "detectron2"):
+            raise ValueError(f"unknown {name} {value!r}; choose from torchvision, detectron2")
     if arch == "tiny":
         model = _tiny(num_classes, **kw)
     elif arch == "r50_fpn":
@@ -156,4 +158,8 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     heads = use_long_tail_roi_heads(model)
     if small_boxes == "detectron2":  # detectron2 keeps tiny proposals and detections (its nonempty() test is > 0)
         model.rpn.min_size, heads.min_box_size = 0.0, None
+    if resize == "detectron2":  # output size rounded half up (detector/rounding_transform.py)
+        from simcal.detector.rounding_transform import RoundingTransform
+
+        model.transform.__class__ = RoundingTransform
     return model

@@ -236,9 +236,10 @@ def test_detectron2_roi_align_pools_each_level_with_aligned_true():
 
 
 def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
-    """stride_in_1x1, anchors and roi_align are builder keywords: the checkpoint rebuilds the same model."""
+    """The source-framework switches are builder keywords: the checkpoint rebuilds the same model."""
     torch.manual_seed(0)
-    kw = {"stride_in_1x1": True, "anchors": "detectron2", "roi_align": "detectron2", "min_size": 64, "max_size": 64}
+    kw = {"stride_in_1x1": True, "anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
+          "resize": "detectron2", "min_size": 64, "max_size": 64}
     model = build("r50_fpn", 3, **kw)
     mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
     stats = [{"id": i, "name": n, "instance_count": 3, "image_count": 2, "frequency": "r"}
@@ -247,6 +248,7 @@ def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
     loaded, ck = load_checkpoint(path)
     assert ck["builder_kwargs"] == kw and loaded.backbone.body.layer2[0].conv1.stride == (2, 2)
     assert type(loaded.rpn.anchor_generator).__name__ == "FixedStrideAnchorGenerator"
+    assert type(loaded.transform).__name__ == "RoundingTransform" and loaded.roi_heads.min_box_size is None
     x = [torch.rand(3, 64, 64)]
     with torch.no_grad():
         a, b = model.eval()(x)[0], loaded.eval()(x)[0]
@@ -263,3 +265,17 @@ def test_small_boxes_switch_keeps_what_detectron2_keeps(small_boxes, kept):
     boxes, scores, labels = heads.postprocess_detections(logits, torch.zeros(2, 12), proposals, [(128, 128)])
     assert len(boxes[0]) >= kept and (labels[0] == 1).sum() == kept
     assert model.rpn.min_size == (1e-3 if small_boxes == "torchvision" else 0.0)
+
+
+def test_detectron2_resize_rounds_the_size_half_up():
+    """640x480 at 800/1333: torchvision floors to 1066x800, detectron2 (and mmcv) round to 1067x800."""
+    from simcal.detector.rounding_transform import shortest_edge_size
+
+    assert shortest_edge_size(480, 640, 800, 1333) == (800, 1067)
+    assert shortest_edge_size(375, 500, 800, 1333) == (800, 1067)
+    assert shortest_edge_size(400, 1200, 800, 1333) == (444, 1333)  # the longer side caps the scale
+    image = [torch.rand(3, 480, 640)]
+    d2 = build("r50_fpn", 3, resize="detectron2").eval().transform(image)[0]
+    tv = build("r50_fpn", 3).eval().transform(image)[0]
+    assert d2.image_sizes == [(800, 1067)] and tv.image_sizes == [(800, 1066)]
+    assert d2.tensors.shape[-2:] == tv.tensors.shape[-2:] == (800, 1088)  # both padded to a multiple of 32
