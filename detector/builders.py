@@ -12,7 +12,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
   (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` keeps the proposals and
   detections narrower than torchvision's 1e-3 / 1e-2 pixel filters; ``resize="detectron2"`` rounds
-  the test-time image size half up (:mod:`simcal.detector.rounding_transform`).
+  the test-time image size half up and ``paste_masks="detectron2"`` pastes masks with
+  ``grid_sample`` (:mod:`simcal.detector.detectron2_transform`).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -139,7 +140,8 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     from simcal.detector.roi_heads import use_long_tail_roi_heads
 
     small_boxes, resize = kw.pop("small_boxes", "torchvision"), kw.pop("resize", "torchvision")
-    for name, value in (("small_boxes", small_boxes), ("resize", resize)):
+    paste = kw.pop("paste_masks", "torchvision")
+    for name, value in (("small_boxes", small_boxes), ("resize", resize), ("paste_masks", paste)):
         if value not in ("torchvision", "detectron2"):
             raise ValueError(f"unknown {name} {value!r}; choose from torchvision, detectron2")
     if arch == "tiny":
@@ -158,8 +160,9 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     heads = use_long_tail_roi_heads(model)
     if small_boxes == "detectron2":  # detectron2 keeps tiny proposals and detections (its nonempty() test is > 0)
         model.rpn.min_size, heads.min_box_size = 0.0, None
-    if resize == "detectron2":  # output size rounded half up (detector/rounding_transform.py)
-        from simcal.detector.rounding_transform import RoundingTransform
+    if "detectron2" in (resize, paste):  # detector/detectron2_transform.py
+        from simcal.detector.detectron2_transform import Detectron2Transform
 
-        model.transform.__class__ = RoundingTransform
+        model.transform.__class__ = Detectron2Transform
+        model.transform.round_size, model.transform.grid_paste = resize == "detectron2", paste == "detectron2"
     return model

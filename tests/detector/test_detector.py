@@ -239,7 +239,7 @@ def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
     """The source-framework switches are builder keywords: the checkpoint rebuilds the same model."""
     torch.manual_seed(0)
     kw = {"stride_in_1x1": True, "anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
-          "resize": "detectron2", "min_size": 64, "max_size": 64}
+          "resize": "detectron2", "paste_masks": "detectron2", "min_size": 64, "max_size": 64}
     model = build("r50_fpn", 3, **kw)
     mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
     stats = [{"id": i, "name": n, "instance_count": 3, "image_count": 2, "frequency": "r"}
@@ -248,7 +248,8 @@ def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
     loaded, ck = load_checkpoint(path)
     assert ck["builder_kwargs"] == kw and loaded.backbone.body.layer2[0].conv1.stride == (2, 2)
     assert type(loaded.rpn.anchor_generator).__name__ == "FixedStrideAnchorGenerator"
-    assert type(loaded.transform).__name__ == "RoundingTransform" and loaded.roi_heads.min_box_size is None
+    assert type(loaded.transform).__name__ == "Detectron2Transform" and loaded.roi_heads.min_box_size is None
+    assert loaded.transform.round_size and loaded.transform.grid_paste
     x = [torch.rand(3, 64, 64)]
     with torch.no_grad():
         a, b = model.eval()(x)[0], loaded.eval()(x)[0]
@@ -269,7 +270,7 @@ def test_small_boxes_switch_keeps_what_detectron2_keeps(small_boxes, kept):
 
 def test_detectron2_resize_rounds_the_size_half_up():
     """640x480 at 800/1333: torchvision floors to 1066x800, detectron2 (and mmcv) round to 1067x800."""
-    from simcal.detector.rounding_transform import shortest_edge_size
+    from simcal.detector.detectron2_transform import shortest_edge_size
 
     assert shortest_edge_size(480, 640, 800, 1333) == (800, 1067)
     assert shortest_edge_size(375, 500, 800, 1333) == (800, 1067)
@@ -279,3 +280,19 @@ def test_detectron2_resize_rounds_the_size_half_up():
     tv = build("r50_fpn", 3).eval().transform(image)[0]
     assert d2.image_sizes == [(800, 1067)] and tv.image_sizes == [(800, 1066)]
     assert d2.tensors.shape[-2:] == tv.tensors.shape[-2:] == (800, 1088)  # both padded to a multiple of 32
+
+
+def test_grid_paste_samples_the_mask_at_pixel_centres_inside_the_box():
+    """detectron2's _do_paste_mask: pixel centre (x + 0.5) maps to (x + 0.5 - x0) / (x1 - x0) * 2 - 1 in the mask."""
+    from simcal.detector.detectron2_transform import paste_masks_grid
+
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :, :2] = 1.0  # left half on
+    pasted = paste_masks_grid(mask, torch.tensor([[2.0, 1.0, 10.0, 5.0]]), (8, 12))[0, 0]
+    assert pasted.shape == (8, 12)
+    assert (pasted[1:5, 2:5] > 0.5).all() and (pasted[1:5, 7:10] < 0.5).all()  # halves land on the box's halves
+    assert not pasted[:, :1].any() and not pasted[6:].any() and not pasted[:, 11:].any()  # nothing outside
+    # a uniform mask pastes to exactly the box: inside 1 (up to the half-pixel border), outside 0
+    full = paste_masks_grid(torch.ones(1, 1, 28, 28), torch.tensor([[2.0, 1.0, 10.0, 5.0]]), (8, 12))[0, 0]
+    assert torch.equal(full[1:5, 2:10] >= 0.5, torch.ones(4, 8, dtype=torch.bool))
+    assert not (full[5:] >= 0.5).any() and not (full[:, 10:] >= 0.5).any()

@@ -1,0 +1,81 @@
+"""detectron2's resize size and mask pasting on torchvision's transform (builder keywords ``resize`` and
+``paste_masks`` set to ``"detectron2"``).
+
+**Resize.** Both scale the shorter side to ``min_size`` unless the longer would pass ``max_size``.
+torchvision floors the output size (``interpolate(scale_factor=..., recompute_scale_factor=True)``);
+detectron2 rounds half up (``ResizeShortestEdge.get_output_shape``: ``int(x + 0.5)``): a 640x480
+image becomes 1066x800 in torchvision, 1067x800 in detectron2 and mmcv. The pixels are still
+interpolated as torchvision does (bilinear on the normalised float image; detectron2 resizes the
+uint8 image with PIL first), so values differ slightly where sizes agree.
+
+**Mask pasting.** torchvision pads the 28x28 mask to 30x30, grows the box by 30/28, rounds it to
+integers and resizes into it; detectron2 (``layers/mask_ops.py::_do_paste_mask``) samples the mask
+with ``grid_sample`` at every pixel centre of the image inside the box's continuous extent.
+:func:`paste_masks_grid` does the latter, one mask at a time over the pixels its box touches (as
+detectron2 does on CPU), and returns probabilities like torchvision's paste: (N, 1, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
+
+
+def shortest_edge_size(h: int, w: int, short: float, max_size: float) -> tuple[int, int]:
+    """(new h, new w): detectron2's ``ResizeShortestEdge.get_output_shape``."""
+    scale = short / min(h, w)
+    newh, neww = scale * h, scale * w
+    if max(newh, neww) > max_size:
+        scale = max_size / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def paste_masks_grid(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """(N, 1, M, M) mask probabilities, (N, 4) xyxy boxes in the image -> (N, 1, H, W) probabilities."""
+    h, w = image_size
+    out = masks.new_zeros((len(masks), 1, h, w))
+    for i, (mask, box) in enumerate(zip(masks, boxes.tolist())):
+        x0, y0, x1, y1 = box
+        # the pixels the box touches, one pixel of margin (detectron2's skip_empty region)
+        xa, ya = max(math.floor(x0) - 1, 0), max(math.floor(y0) - 1, 0)
+        xb, yb = min(math.ceil(x1) + 1, w), min(math.ceil(y1) + 1, h)
+        if xb <= xa or yb <= ya:
+            continue
+        gx = (torch.arange(xa, xb, dtype=torch.float32, device=masks.device) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        gy = (torch.arange(ya, yb, dtype=torch.float32, device=masks.device) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        grid = torch.stack([gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))], dim=2)
+        out[i, 0, ya:yb, xa:xb] = F.grid_sample(mask[None].float(), grid[None], align_corners=False)[0, 0]
+    return out
+
+
+class Detectron2Transform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` with detectron2's test-time resize size and/or mask pasting."""
+
+    round_size: bool = False
+    grid_paste: bool = False
+
+    def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None):
+        if self.training or not self.round_size:
+            return super().resize(image, target)
+        h, w = image.shape[-2:]
+        newh, neww = shortest_edge_size(int(h), int(w), float(self.min_size[-1]), float(self.max_size))
+        image, target = _resize_image_and_masks(image, self.min_size[-1], self.max_size, target,
+                                                fixed_size=(neww, newh))
+        if target is not None and "boxes" in target:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training or not self.grid_paste:
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            if "masks" in pred:
+                pred["masks"] = paste_masks_grid(pred["masks"], pred["boxes"], o_im_s)
+        return result
