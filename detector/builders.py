@@ -6,6 +6,7 @@ foreground classes (the model has C + 1 outputs, 0 = background):
 - ``r50_fpn``: ``maskrcnn_resnet50_fpn``'s architecture (the paper's model): ResNet-50
   with frozen BatchNorm + FPN-256, box head ``TwoMLPHead`` 12544 -> 1024 -> 1024.
   ImageNet backbone weights only from a local file (``backbone_weights=PATH``);
+  ``pixel_norm="detectron2"`` normalises as detectron2 (mean on 0-255, std 1);
   ``stride_in_1x1=True`` puts each stage's stride in its first 1x1 conv, as the MSRA
   ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors);
   ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides);
@@ -105,6 +106,9 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
 
     weights = kw.pop("backbone_weights", None)
     trainable = kw.pop("trainable_backbone_layers", 3)
+    if kw.pop("pixel_norm", "torchvision") == "detectron2":  # 0-255 input minus its mean, std 1 (RGB order)
+        kw.setdefault("image_mean", [123.675 / 255, 116.28 / 255, 103.53 / 255])
+        kw.setdefault("image_std", [1 / 255] * 3)
     stride_in_1x1 = kw.pop("stride_in_1x1", False)
     body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
     if stride_in_1x1:

@@ -79,3 +79,31 @@ def add_parser(sub) -> None:
         return main(args)
 
     p.set_defaults(func=run)
+    _add_convert_parser(sub)
+
+
+def _add_convert_parser(sub) -> None:
+    c = sub.add_parser(
+        "convert",
+        help="convert a detector trained in detectron2 into a SimCal checkpoint",
+        description="Convert a trained R50-FPN Mask R-CNN from another framework. Inputs: SRC (detectron2 "
+        "model-zoo .pkl, read without running pickled code, or Checkpointer .pth) and --ann TRAIN.json (the "
+        "annotations it was trained on: class count, category order, statistics). Output: CKPT, a checkpoint "
+        "like 'simcal train' writes, whose builder keywords reproduce the source's test behaviour (MSRA "
+        "ResNet strides, pixel normalisation, anchors, ROIAlignV2, resize rounding, mask pasting).",
+    )
+    c.add_argument("src", metavar="SRC", help="the source checkpoint")
+    c.add_argument("--from", dest="source", choices=("detectron2", "mmdet", "mmdet1"), required=True,
+                   help="the framework that wrote SRC (mmdet and mmdet1 are read but not converted yet)")
+    c.add_argument("--ann", required=True, metavar="TRAIN.json", help="the training annotations (LVIS/COCO json)")
+    c.add_argument("--out", required=True, metavar="CKPT", help="the SimCal checkpoint to write")
+    c.add_argument("--arch", choices=("r50_fpn",), default="r50_fpn", help="the architecture (default r50_fpn)")
+    c.add_argument("--class-agnostic", choices=("auto", "on", "off"), default="auto",
+                   help="auto (default): as the source's box and mask heads are")
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.detector.convert import main
+
+        return main(args)
+
+    c.set_defaults(func=run)

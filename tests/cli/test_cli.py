@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import run_simcal
 
-COMMANDS = ("data", "train", "extract", "cache", "calibrate", "infer", "evaluate", "demo")
+COMMANDS = ("data", "train", "convert", "extract", "cache", "calibrate", "infer", "evaluate", "demo")
 
 #: What each command's --help must say it reads and writes (whitespace-normalised substrings of its description).
 INPUTS_OUTPUTS = {
@@ -15,6 +15,7 @@ INPUTS_OUTPUTS = {
              "benchmark folder, a COCO-LT json"),
     "train": ("Inputs: --data DIR (from 'simcal data synth') or --ann FILE --images DIR",
               "Outputs: CKPT (self-describing"),
+    "convert": ("Inputs: SRC (detectron2 model-zoo .pkl", "Output: CKPT, a checkpoint like 'simcal train' writes"),
     "extract": ("Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR)",
                 "Output: CACHE.zarr, complete or absent"),
     "cache": ("Input: CACHE (zarr folder or .h5 export)", "export: write a single-file h5py copy with the same schema "
