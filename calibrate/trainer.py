@@ -151,9 +151,11 @@ def train_head(
             progress.update(1)
     if threaded:
         batches.close()
-    bad = [name for name, t in head.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise _diverged(f"the head's {bad[0]} is not finite after {cfg.steps} steps")
+    from simcal.detector.checkpoint import first_non_finite
+
+    bad = first_non_finite(head.state_dict())
+    if bad is not None:
+        raise _diverged(f"the head's {bad} is not finite after {cfg.steps} steps")
     head.eval()
     info = {"steps": cfg.steps, "seconds": time.perf_counter() - t0,
             "steps_per_s": cfg.steps / max(time.perf_counter() - t0, 1e-9)}

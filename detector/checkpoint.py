@@ -168,9 +168,15 @@ def check_weights(state_dict: Any, reference: dict[str, torch.Tensor], model: st
         if tuple(t.shape) != tuple(ref.shape) or t.is_floating_point() != ref.is_floating_point():
             raise ValueError(f"weights do not match {model} ({k!r} is {t.dtype} {tuple(t.shape)}, it needs "
                              f"{ref.dtype} {tuple(ref.shape)})")
-    for k, t in state_dict.items():
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"has non-finite weights (NaN or inf) in {k!r}")
+    bad = first_non_finite(state_dict)
+    if bad is not None:
+        raise ValueError(f"has non-finite weights (NaN or inf) in {bad!r}")
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None."""
+    return next((k for k, t in tensors.items()
+                 if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())), None)
 
 
 def meta_state(build_fn: Callable[[], torch.nn.Module], model: str) -> dict[str, torch.Tensor]:

@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise input_error(src, f"does not fit {args.arch} ({str(e).splitlines()[1].strip()})")
+        lines = str(e).strip().splitlines()
+        raise input_error(src, f"does not fit {args.arch} ({lines[-1].strip()})")
     stats = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
              for c in category_statistics(ann)]
     record = {"converted_from": str(src), "source_framework": args.source,

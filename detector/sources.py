@@ -66,14 +66,12 @@ def read_source(path: str | os.PathLike, framework: str) -> SourceCheckpoint:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``; mmengine/mmcv bookkeeping read as :class:`Inert`, numpy as numpy."""
+    from simcal.detector.checkpoint import load_torch_document
+
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except FileNotFoundError:
-        raise input_error(path, "does not exist", "check the path")
-    except Exception as e:  # not a torch zip file: torch.load below says what it is
-        unsafe, first_error = [], e
-    else:
-        first_error = None
+    except Exception:  # missing, or not a torch zip file: load_torch_document says which
+        unsafe = []
     numpy_allowed = {f"{m}.{n}" for m, n in ALLOWED_GLOBALS}
     refused = [g for g in unsafe if not g.startswith(INERT_PREFIXES) and g not in numpy_allowed]
     if refused:
@@ -81,13 +79,8 @@ def _torch_load(path: Path) -> Any:
                           "was refused before anything in it ran", "convert a file from a source you trust")
     allowed = [(Inert, g) for g in unsafe if g.startswith(INERT_PREFIXES)]
     allowed += [(_numpy_global(g), g) for g in unsafe if g in numpy_allowed]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        why = first_error or e
-        raise input_error(path, f"is not a readable torch checkpoint ({type(why).__name__}: truncated or not a "
-                          "checkpoint?)", "pass the .pth file the framework saved")
+    with torch.serialization.safe_globals(allowed):
+        return load_torch_document(path, "torch checkpoint", "pass the .pth file the framework saved")
 
 
 def _numpy_global(qualname: str) -> Any:
