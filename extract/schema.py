@@ -116,6 +116,7 @@ class Cache:
         if not self.path.exists():
             raise input_error(self.path, "does not exist", "run 'simcal extract' first")
         self._h5 = None
+        self._intact: set[str] = set()  # arrays whose checksums require_intact has checked ("*": all)
         if self.path.is_file():
             import h5py
 
@@ -192,11 +193,21 @@ class Cache:
         return problems
 
     def require_intact(self, names=None) -> None:
-        """Refuse (InputError) a cache whose files of ``names`` (all when None) changed since extraction."""
-        problems = self.corrupt_files(names)
+        """Refuse (InputError) a cache whose files of ``names`` (all when None) changed since extraction.
+
+        Each array is checked once per open cache: the calibration command and the reader it builds
+        both ask for the labels, which are read from disk once.
+        """
+        if "*" in self._intact:
+            return
+        todo = None if names is None else [n for n in names if n not in self._intact]
+        if todo == []:
+            return
+        problems = self.corrupt_files(todo)
         if problems:
             raise input_error(self.path, f"is a damaged cache: {problems[0]}",
                               "run 'simcal cache verify' for every problem, and extract it again")
+        self._intact.update(["*"] if todo is None else todo)
 
     def file_record(self, rel: str) -> tuple[int, int] | None:
         """(size, crc32c) recorded for the store file ``rel`` (None for an h5 export or an unknown file)."""
