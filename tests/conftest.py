@@ -57,17 +57,24 @@ def quick_detector(quick_bench, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def quick_caches(quick_bench, quick_detector, tmp_path_factory) -> dict:
-    """Feature caches of the quick benchmark's train and val splits (default extraction flags)."""
-    root = tmp_path_factory.mktemp("caches")
-    out = {}
-    for split in ("train", "val"):
-        out[split] = root / f"{split}.zarr"
-        rc = call_main("extract", "--checkpoint", quick_detector, "--data", quick_bench, "--split", split,
-                       "--out", out[split])
-        assert rc == 0 and out[split].exists()
+def _quick_cache(bench, detector, root, split: str) -> Path:
+    out = root / f"{split}.zarr"
+    rc = call_main("extract", "--checkpoint", detector, "--data", bench, "--split", split, "--out", out)
+    assert rc == 0 and out.exists()
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_val_cache(quick_bench, quick_detector, tmp_path_factory) -> Path:
+    """The quick benchmark's val cache alone (31 images): for tests that need a cache, not the train rows."""
+    return _quick_cache(quick_bench, quick_detector, tmp_path_factory.mktemp("val_cache"), "val")
+
+
+@pytest.fixture(scope="session")
+def quick_caches(quick_bench, quick_detector, quick_val_cache, tmp_path_factory) -> dict:
+    """Feature caches of the quick benchmark's train and val splits (default extraction flags)."""
+    train = _quick_cache(quick_bench, quick_detector, tmp_path_factory.mktemp("caches"), "train")
+    return {"train": train, "val": quick_val_cache}
 
 
 @pytest.fixture(scope="session")

@@ -87,9 +87,9 @@ def test_outputs_of_the_wrong_kind_are_refused_before_work(cli, tmp_path):
               "--preload gpu needs a CUDA device")
 
 
-def test_diverging_calibration_writes_no_head(cli, quick_caches, tmp_path):
+def test_diverging_calibration_writes_no_head(cli, quick_val_cache, tmp_path):
     out = tmp_path / "h.pth"
-    r = cli("calibrate", "--cache", quick_caches["train"], "--steps", "60", "--lr", "1e30", "--out", out)
+    r = cli("calibrate", "--cache", quick_val_cache, "--steps", "60", "--lr", "1e30", "--out", out)
     _one_line(r, "calibration diverged", "no head was written", "lower --lr")
     assert list(tmp_path.iterdir()) == []  # no head, no log, no manifest, no temporary file
 

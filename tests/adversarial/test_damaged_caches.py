@@ -84,8 +84,8 @@ def _one_line(r, *words):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_verify_names_the_damage(quick_caches, tmp_path, cli, name):
-    path = _damaged(quick_caches["val"], tmp_path, name)
+def test_verify_names_the_damage(quick_val_cache, tmp_path, cli, name):
+    path = _damaged(quick_val_cache, tmp_path, name)
     _one_line(cli("cache", "verify", path), "damaged.zarr: failed verification", CASES[name][2])
 
 
@@ -96,25 +96,25 @@ def test_verify_names_the_damage(quick_caches, tmp_path, cli, name):
     ("features-shard-truncated", "none"), ("labels-array-deleted", "ram"), ("ious-rewritten", "ram"),
     ("dim-attribute-edited", "ram"), ("categories-not-a-list", "ram"), ("integrity-record-removed", "ram"),
 ])
-def test_calibrate_refuses_a_damaged_cache(quick_caches, tmp_path, cli, name, preload):
-    path = _damaged(quick_caches["val"], tmp_path, name)
+def test_calibrate_refuses_a_damaged_cache(quick_val_cache, tmp_path, cli, name, preload):
+    path = _damaged(quick_val_cache, tmp_path, name)
     out = tmp_path / "head.pth"
     r = cli("calibrate", "--cache", path, "--steps", "5", "--preload", preload, "--out", out)
     _one_line(r, "damaged", "extract")
     assert not out.exists() and not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob("head.pth*"))
 
 
-def test_export_refuses_a_damaged_cache(quick_caches, tmp_path, cli):
-    path = _damaged(quick_caches["val"], tmp_path, "features-bytes-overwritten")
+def test_export_refuses_a_damaged_cache(quick_val_cache, tmp_path, cli):
+    path = _damaged(quick_val_cache, tmp_path, "features-bytes-overwritten")
     _one_line(cli("cache", "export", path, tmp_path / "x.h5"), "is a damaged cache", "crc32c")
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_a_sound_cache_and_its_export_verify(quick_caches, tmp_path, cli):
+def test_a_sound_cache_and_its_export_verify(quick_val_cache, tmp_path, cli):
     """The control: the same commands accept the undamaged cache and its h5 export."""
-    r = cli("cache", "verify", quick_caches["val"])
+    r = cli("cache", "verify", quick_val_cache)
     assert r.returncode == 0 and "every file matches its crc32c" in r.stdout, r.stderr
-    assert cli("cache", "export", quick_caches["val"], tmp_path / "v.h5").returncode == 0
+    assert cli("cache", "export", quick_val_cache, tmp_path / "v.h5").returncode == 0
     assert cli("cache", "verify", tmp_path / "v.h5").returncode == 0
     _flip(tmp_path, "v.h5", 5000)  # a byte of the datasets' data, near the end of the file
     _one_line(cli("cache", "verify", tmp_path / "v.h5"), "does not match its crc32c")
