@@ -11,10 +11,10 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ResNet that detectron2 and mmdetection's ``caffe`` style use (for converted detectors);
   ``anchors="detectron2"`` uses :mod:`simcal.detector.anchors` (unrounded, fixed strides);
   ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
-  (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` keeps the proposals and
-  detections narrower than torchvision's 1e-3 / 1e-2 pixel filters; ``resize="detectron2"`` rounds
-  the test-time image size half up and ``paste_masks="detectron2"`` pastes masks with
-  ``grid_sample`` (:mod:`simcal.detector.detectron2_transform`).
+  (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` drops only empty proposals and
+  detections, where torchvision drops those under 1e-3 / 1e-2 pixels; ``resize="detectron2"`` rounds the
+  test-time image size half up and resizes the 8-bit image with PIL, and ``paste_masks="detectron2"``
+  pastes masks with ``grid_sample`` (:mod:`simcal.detector.detectron2_transform`).
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -162,8 +162,10 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
         heads.mask_predictor = AgnosticMaskRCNNPredictor(mp.conv5_mask.in_channels, mp.conv5_mask.out_channels,
                                                          num_classes + 1)
     heads = use_long_tail_roi_heads(model)
-    if small_boxes == "detectron2":  # detectron2 keeps tiny proposals and detections (its nonempty() test is > 0)
-        model.rpn.min_size, heads.min_box_size = 0.0, None
+    if small_boxes == "detectron2":  # detectron2 drops only empty boxes (Boxes.nonempty(): width and height > 0)
+        # torchvision's RPN keeps w >= min_size: the smallest positive float makes that w > 0
+        model.rpn.min_size = torch.finfo(torch.float32).tiny
+        heads.min_box_size, heads.drop_empty = None, True
     if "detectron2" in (resize, paste):  # detector/detectron2_transform.py
         from simcal.detector.detectron2_transform import Detectron2Transform
 

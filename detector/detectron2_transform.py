@@ -4,9 +4,12 @@
 **Resize.** Both scale the shorter side to ``min_size`` unless the longer would pass ``max_size``.
 torchvision floors the output size (``interpolate(scale_factor=..., recompute_scale_factor=True)``);
 detectron2 rounds half up (``ResizeShortestEdge.get_output_shape``: ``int(x + 0.5)``): a 640x480
-image becomes 1066x800 in torchvision, 1067x800 in detectron2 and mmcv. The pixels are still
-interpolated as torchvision does (bilinear on the normalised float image; detectron2 resizes the
-uint8 image with PIL first), so values differ slightly where sizes agree.
+image becomes 1066x800 in torchvision, 1067x800 in detectron2 and mmcv. torchvision interpolates the
+normalised float image; detectron2 resizes the uint8 image with PIL's bilinear filter
+(``transforms/transform.py::ResizeTransform``), then normalises. :func:`resize_like_pil` does the
+latter on the [0, 1] image before normalising (:meth:`Detectron2Transform.normalize` waits for it):
+an image read from an 8-bit file goes through exactly detectron2's arithmetic; any other values are
+rounded to 8 bits first, as detectron2's reader would have.
 
 **Mask pasting.** torchvision pads the 28x28 mask to 30x30, grows the box by 30/28, rounds it to
 integers and resizes into it; detectron2 (``layers/mask_ops.py::_do_paste_mask``) samples the mask
@@ -36,6 +39,16 @@ def shortest_edge_size(h: int, w: int, short: float, max_size: float) -> tuple[i
     return int(newh + 0.5), int(neww + 0.5)
 
 
+def resize_like_pil(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """(3, H, W) image in [0, 1] -> (3, h, w) = ``size``, resized as uint8 by PIL's bilinear filter (detectron2's)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (image.detach() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    out = np.asarray(Image.fromarray(pixels).resize((size[1], size[0]), Image.BILINEAR))
+    return torch.from_numpy(out.copy()).to(image.device).permute(2, 0, 1).to(image.dtype) / 255
+
+
 def paste_masks_grid(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     """(N, 1, M, M) mask probabilities, (N, 4) xyxy boxes in the image -> (N, 1, H, W) probabilities."""
     h, w = image_size
@@ -60,15 +73,24 @@ class Detectron2Transform(GeneralizedRCNNTransform):
     round_size: bool = False
     grid_paste: bool = False
 
+    def _pil_resize(self) -> bool:
+        return self.round_size and not self.training
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """Normalises after the resize at test time (detectron2 resizes the 8-bit image first)."""
+        return image if self._pil_resize() else super().normalize(image)
+
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None):
-        if self.training or not self.round_size:
+        if not self._pil_resize():
             return super().resize(image, target)
         h, w = image.shape[-2:]
         newh, neww = shortest_edge_size(int(h), int(w), float(self.min_size[-1]), float(self.max_size))
-        image, target = _resize_image_and_masks(image, self.min_size[-1], self.max_size, target,
+        image = super().normalize(resize_like_pil(image, (newh, neww)))
+        if target is not None:
+            _, target = _resize_image_and_masks(image[:, :1, :1], self.min_size[-1], self.max_size, target,
                                                 fixed_size=(neww, newh))
-        if target is not None and "boxes" in target:
-            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+            if "boxes" in target:
+                target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
         return image, target
 
     def postprocess(self, result, image_shapes, original_image_sizes):

@@ -33,6 +33,10 @@ class LongTailRoIHeads(RoIHeads):
     #: them as detectron2 does (``build(..., small_boxes="detectron2")``).
     min_box_size: Optional[float] = 1e-2
 
+    #: Drop detections of zero width or height after NMS and the per-image cap, as detectron2's
+    #: ``detector_postprocess`` does (``Boxes.nonempty()``); set with ``min_box_size=None`` by the builder.
+    drop_empty: bool = False
+
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
         self._sampled_labels = out[2]
@@ -95,10 +99,10 @@ class LongTailRoIHeads(RoIHeads):
         return out
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        if self.score_fn is None and self.min_box_size == 1e-2:
+        if self.score_fn is None and self.min_box_size == 1e-2 and not self.drop_empty:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn and the
-        # small-box filter by min_box_size
+        # small-box filter by min_box_size / drop_empty
         device = class_logits.device
         num_classes = class_logits.shape[-1]
         boxes_per_image = [b.shape[0] for b in proposals]
@@ -119,6 +123,9 @@ class LongTailRoIHeads(RoIHeads):
                 keep = box_ops.remove_small_boxes(boxes, min_size=self.min_box_size)
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            if self.drop_empty:
+                kept = boxes[keep]
+                keep = keep[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])

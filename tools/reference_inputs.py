@@ -1,0 +1,108 @@
+"""Seeded inputs for comparing converted detectors with their source frameworks (no framework needed).
+
+:func:`detectron2_weights` writes a detectron2 R50-FPN Mask R-CNN state dict in detectron2's own names
+and class layout (background last; ``modeling/backbone/resnet.py``, ``fpn.py``,
+``proposal_generator/rpn.py``, ``roi_heads/{box_head,fast_rcnn,mask_head}.py``), with values scaled so
+that a random network still gives varied proposals, scores and masks: He-scaled convolutions, frozen
+BatchNorm statistics near identity, a classifier whose logits spread over a few units. The same seed
+gives the same weights on any machine (torch's CPU generator), so a fixture of detectron2's outputs
+needs only the seed, not the 170 MB file.
+
+:func:`images` draws RGB uint8 test images with coloured shapes on a gradient, from a NumPy seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+#: ResNet-50: (blocks, bottleneck width) of res2..res5.
+RESNET50 = ((3, 64), (4, 128), (6, 256), (3, 512))
+
+
+class _Draw:
+    def __init__(self, seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+
+    def normal(self, shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.g) * std + mean
+
+    def uniform(self, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.g) * (hi - lo) + lo
+
+    def conv(self, shape: tuple[int, ...], gain: float = 1.0) -> torch.Tensor:
+        fan_in = math.prod(shape[1:])
+        return self.normal(shape, gain * math.sqrt(2.0 / fan_in))
+
+    def frozen_bn(self, prefix: str, c: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": self.uniform((c,), 0.5, 1.5), f"{prefix}.bias": self.normal((c,), 0.1),
+                f"{prefix}.running_mean": self.normal((c,), 0.1), f"{prefix}.running_var": self.uniform((c,), 0.5, 1.5)}
+
+
+def detectron2_weights(seed: int, num_classes: int, agnostic: bool = False,
+                       cls_bias: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """detectron2-named float32 weights of an R50-FPN Mask R-CNN for ``num_classes`` (K) classes.
+
+    ``cls_bias`` (K+1 floats, background last) replaces the classifier's bias: the fixture script sets it
+    to minus each class's mean logit over the test RoIs, so that every class gets detections.
+
+    cls_score (K+1, 1024) background last; bbox_pred (4K, 1024) or (4, 1024) class-agnostic;
+    mask predictor (K, 256, 1, 1) or (1, 256, 1, 1).
+    """
+    d = _Draw(seed)
+    sd = {"backbone.bottom_up.stem.conv1.weight": d.conv((64, 3, 7, 7), gain=1 / 64),  # 0-255 input
+          **d.frozen_bn("backbone.bottom_up.stem.conv1.norm", 64)}
+    cin = 64
+    for stage, (blocks, width) in zip(range(2, 6), RESNET50):
+        for b in range(blocks):
+            pre = f"backbone.bottom_up.res{stage}.{b}"
+            shapes = {1: (width, cin, 1, 1), 2: (width, width, 3, 3), 3: (4 * width, width, 1, 1)}
+            for i, shape in shapes.items():
+                sd[f"{pre}.conv{i}.weight"] = d.conv(shape, gain=0.3 if i == 3 else 1.0)
+                sd.update(d.frozen_bn(f"{pre}.conv{i}.norm", shape[0]))
+            if b == 0:
+                sd[f"{pre}.shortcut.weight"] = d.conv((4 * width, cin, 1, 1))
+                sd.update(d.frozen_bn(f"{pre}.shortcut.norm", 4 * width))
+            cin = 4 * width
+        sd[f"backbone.fpn_lateral{stage}.weight"] = d.conv((256, cin, 1, 1), gain=0.5)
+        sd[f"backbone.fpn_lateral{stage}.bias"] = d.normal((256,), 0.1)
+        sd[f"backbone.fpn_output{stage}.weight"] = d.conv((256, 256, 3, 3), gain=0.5)
+        sd[f"backbone.fpn_output{stage}.bias"] = d.normal((256,), 0.1)
+    k = num_classes
+    layers = {  # name: (shape, weight std as a multiple of the He scale)
+        "proposal_generator.rpn_head.conv": ((256, 256, 3, 3), 1.0),
+        "proposal_generator.rpn_head.objectness_logits": ((3, 256, 1, 1), 1.0),
+        "proposal_generator.rpn_head.anchor_deltas": ((12, 256, 1, 1), 0.1),
+        "roi_heads.box_head.fc1": ((1024, 256 * 7 * 7), 1.0),
+        "roi_heads.box_head.fc2": ((1024, 1024), 1.0),
+        "roi_heads.box_predictor.cls_score": ((k + 1, 1024), 0.3),
+        "roi_heads.box_predictor.bbox_pred": ((4 if agnostic else 4 * k, 1024), 0.05),
+        **{f"roi_heads.mask_head.mask_fcn{i}": ((256, 256, 3, 3), 1.0) for i in range(1, 5)},
+        "roi_heads.mask_head.deconv": ((256, 256, 2, 2), 1.0),
+        "roi_heads.mask_head.predictor": ((1 if agnostic else k, 256, 1, 1), 0.6),
+    }
+    for name, (shape, gain) in layers.items():
+        sd[f"{name}.weight"] = d.conv(shape, gain)
+        sd[f"{name}.bias"] = d.normal((shape[1] if "deconv" in name else shape[0],), 0.1)
+    if cls_bias is not None:
+        sd["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(cls_bias, dtype=torch.float32)
+    return sd
+
+
+def images(seed: int, sizes: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
+    """(H, W, 3) RGB uint8 images, one per (H, W): a colour gradient with a few filled rectangles and ellipses."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in sizes:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3)[None, None] * (0.5 + 0.5 * (xx / w)[..., None]) + rng.uniform(0, 60, (h, w, 3))
+        for _ in range(int(rng.integers(3, 7))):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ry, rx = rng.uniform(0.05, 0.3) * h, rng.uniform(0.05, 0.3) * w
+            inside = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if rng.random() < 0.5 else \
+                ((abs(yy - cy) <= ry) & (abs(xx - cx) <= rx))
+            base[inside] = rng.uniform(0, 255, 3)
+        out.append(np.clip(base, 0, 255).astype(np.uint8))
+    return out
