@@ -1,17 +1,18 @@
 """``simcal convert``: a detector trained in another framework -> a SimCal checkpoint every stage loads.
 
 Reads the source file (:mod:`simcal.detector.sources`), renames and re-indexes its weights
-(:mod:`simcal.detector.from_detectron2`), checks its class count against the training annotations,
-and writes a checkpoint whose builder keywords switch on the source framework's behaviour where
-torchvision's differs, so that extraction, online calibration and inference compute what the source
-computes (:data:`DETECTRON2_BEHAVIOUR`). Only detectron2 sources convert so far.
+(:mod:`simcal.detector.from_detectron2`, :mod:`simcal.detector.from_mmdet`), checks its classes
+against the training annotations (their count, and their names in category-id order when the file
+lists them), and writes a checkpoint whose builder keywords switch on the source framework's
+behaviour where torchvision's differs, so that extraction, online calibration and inference compute
+what the source computes (:data:`SOURCES`). ``--from mmdet1`` is read but not converted yet.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 #: detectron2 R50-FPN's test behaviour, as builder keywords (detector/builders.py): the MSRA ResNet,
 #: BGR 0-255 input with its pixel mean (the stem's weights take RGB after conversion), unrounded anchors
@@ -19,6 +20,42 @@ from typing import Any
 DETECTRON2_BEHAVIOUR: dict[str, Any] = {"stride_in_1x1": True, "pixel_norm": "detectron2", "anchors": "detectron2",
                                         "roi_align": "detectron2", "small_boxes": "detectron2",
                                         "resize": "detectron2", "paste_masks": "detectron2"}
+
+#: mmdetection v2/v3 R50-FPN's test behaviour: detectron2's on every switch but the two where it is
+#: torchvision's (a ``style='pytorch'`` ResNet strides in the 3x3, and takes RGB with ImageNet mean and
+#: std). Read from mmdetection: ``AnchorGenerator`` (scales 8, fixed strides 4..64, ``center_offset=0``,
+#: corners not rounded), mmcv ``RoIAlign`` (``aligned=True``, ``sampling_ratio=0``), RPN and final boxes
+#: kept whenever wider and taller than 0 (``min_bbox_size=0``; no 1e-2 filter), ``mmcv.rescale_size``
+#: (``int(x * scale + 0.5)``), ``FCNMaskHead`` pasting with detectron2's ``_do_paste_mask`` (``grid_sample``)
+#: at threshold ``>= 0.5``. Approximate only where the doc of :mod:`simcal.detector.from_mmdet` says.
+MMDET_BEHAVIOUR: dict[str, Any] = {"anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
+                                   "resize": "detectron2", "paste_masks": "detectron2"}
+
+#: (torchvision state dict, K classes, class-agnostic, what was assumed about the source or None)
+Converted = tuple[dict, int, bool, Optional[str]]
+
+
+def _detectron2(source) -> Converted:
+    from simcal.detector.from_detectron2 import to_torchvision
+
+    return (*to_torchvision(source.weights), None)
+
+
+def _mmdet(source) -> Converted:
+    from simcal.detector.from_mmdet import to_torchvision
+    from simcal.detector.mmdet_config import check_config
+
+    assumed = check_config(source.meta.get("config"))
+    return (*to_torchvision(source.weights), assumed)
+
+
+#: --from -> (the file as read -> its weights in our layout, the source's test behaviour as builder keywords).
+SOURCES: dict[str, tuple[Callable[[Any], Converted], dict[str, Any]]] = {
+    "detectron2": (_detectron2, DETECTRON2_BEHAVIOUR),
+    "mmdet": (_mmdet, MMDET_BEHAVIOUR),
+}
+_FIX_SOURCE = "pass an R50-FPN Mask R-CNN checkpoint trained with the framework's standard settings"
+_FIX_ANN = "pass the annotation file the detector was trained on"
 
 
 def _class_agnostic(setting: str, found: bool, src: Path) -> bool:
@@ -30,6 +67,44 @@ def _class_agnostic(setting: str, found: bool, src: Path) -> bool:
     return found
 
 
+def _check_classes(src: Path, num_classes: int, names: Optional[list], ann) -> None:
+    """The source's class count, and its class names when it lists them, against ``ann`` in category-id order."""
+    from simcal.core.errors import input_error
+
+    ours = ann.mapping
+    if num_classes != ours.num_classes:
+        raise input_error(src, f"scores {num_classes} classes, and {ann.path} has {ours.num_classes} categories",
+                          _FIX_ANN)
+    if names is None:
+        return
+    names = [str(n) for n in names]
+    if len(names) != ours.num_classes:
+        raise input_error(src, f"lists {len(names)} class names, and {ann.path} has {ours.num_classes} categories",
+                          _FIX_ANN)
+    for label, (theirs, name, cid) in enumerate(zip(names, ours.names, ours.ids)):
+        if theirs != name:
+            order = ", the same names in another order" if sorted(names) == sorted(ours.names) else ""
+            raise input_error(src, f"names its class {label} {theirs!r}, and {ann.path} has {name!r} there (category "
+                              f"id {cid}; classes follow the category ids){order}", _FIX_ANN)
+
+
+def _check_keys(src: Path, arch: str, weights: dict, model) -> None:
+    """Missing, extra and misshapen weights named before loading (torchvision names, as converted)."""
+    from simcal.core.errors import input_error
+
+    want = model.state_dict()
+    missing, extra = [k for k in want if k not in weights], [k for k in weights if k not in want]
+    for keys, problem in ((missing, f"lacks {len(missing)} weight(s) {arch} needs"),
+                          (extra, f"has {len(extra)} weight(s) {arch} does not")):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            raise input_error(src, f"{problem} (named as converted: {', '.join(keys[:3])}{more})", _FIX_SOURCE)
+    for k, t in want.items():
+        if tuple(weights[k].shape) != tuple(t.shape):
+            raise input_error(src, f"gives {k} (named as converted) the shape {tuple(weights[k].shape)}, where "
+                              f"{arch} needs {tuple(t.shape)}", _FIX_SOURCE)
+
+
 def main(args: argparse.Namespace) -> int:
     from simcal.core.atomic import require_output
     from simcal.core.errors import input_error
@@ -37,25 +112,24 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.statistics import category_statistics
     from simcal.detector.builders import build
     from simcal.detector.checkpoint import make_checkpoint, save_checkpoint
-    from simcal.detector.from_detectron2 import to_torchvision
     from simcal.detector.sources import read_source
 
     src = Path(args.src)
     require_output(args.out, "file", "--out", "detector.pth")
-    if args.source != "detectron2":
-        raise input_error(None, f"--from {args.source} is not converted yet (only detectron2 is)",
-                          "convert a detectron2 checkpoint, or train with 'simcal train'")
+    if args.source not in SOURCES:
+        raise input_error(None, f"--from {args.source} is not converted yet (only {', '.join(SOURCES)} are)",
+                          "convert a detectron2 or mmdetection v2/v3 checkpoint, or train with 'simcal train'")
+    to_torchvision, behaviour = SOURCES[args.source]
     ann = load_annotations(args.ann)
     source = read_source(src, args.source)
     try:
-        weights, num_classes, agnostic = to_torchvision(source.weights)
+        weights, num_classes, agnostic, assumed = to_torchvision(source)
     except ValueError as e:
-        raise input_error(src, str(e), "pass an R50-FPN Mask R-CNN checkpoint")
-    if num_classes != ann.mapping.num_classes:
-        raise input_error(src, f"scores {num_classes} classes, and {args.ann} has {ann.mapping.num_classes} "
-                          "categories", "pass the annotation file the detector was trained on")
-    kw = {"class_agnostic": _class_agnostic(args.class_agnostic, agnostic, src), **DETECTRON2_BEHAVIOUR}
+        raise input_error(src, str(e), _FIX_SOURCE)
+    _check_classes(src, num_classes, source.meta.get("classes"), ann)
+    kw = {"class_agnostic": _class_agnostic(args.class_agnostic, agnostic, src), **behaviour}
     model = build(args.arch, num_classes, **kw)
+    _check_keys(src, args.arch, weights, model)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -64,9 +138,10 @@ def main(args: argparse.Namespace) -> int:
     stats = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
              for c in category_statistics(ann)]
     record = {"converted_from": str(src), "source_framework": args.source,
-              **{k: v for k, v in source.meta.items() if isinstance(v, (str, int, float, bool))}}
+              **({"assumed": assumed} if assumed else {}),
+              **{k: v for k, v in source.meta.items() if isinstance(v, (str, int, float, bool)) and k != "config"}}
     ck = make_checkpoint(model, args.arch, kw, ann.mapping, stats, ann.fingerprint, record, 0)
     save_checkpoint(ck, args.out)
     print(f"wrote {args.out}: {args.arch}, {num_classes} classes{' (class-agnostic)' if agnostic else ''}, "
-          f"converted from {args.source}")
+          f"converted from {args.source}{f'; {assumed}' if assumed else ''}")
     return 0

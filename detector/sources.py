@@ -6,9 +6,11 @@ The first step of ``simcal convert`` (renaming to torchvision's layout comes aft
   (read by :mod:`simcal.core.safe_pickle`, which runs nothing), or a Checkpointer ``.pth``,
   ``torch.save({"model": state_dict, "iteration": ..., "optimizer": ..., ...})``.
 - ``mmdet`` (mmdetection v2/v3) and ``mmdet1`` (v1, the SimCal authors' release):
-  ``{"meta": {...}, "state_dict": ..., ...}``. mmengine (v3) adds ``message_hub`` and
-  ``param_schedulers`` holding mmengine objects: they are read as inert stand-ins (:class:`Inert`),
-  mmengine is never imported, and any other class the file names is refused.
+  ``{"meta": {...}, "state_dict": ..., ...}``; ``meta`` may carry the class names (v2 ``CLASSES``,
+  v3 ``dataset_meta['classes']``) and the training config's source text (v2 ``config``, v3 ``cfg``).
+  mmengine (v3) adds ``message_hub`` and ``param_schedulers`` holding mmengine objects: they are read
+  as inert stand-ins (:class:`Inert`), mmengine is never imported, and any other class the file names
+  is refused.
 
 Every ``.pth`` is read with ``torch.load(weights_only=True)``. A ``module.`` prefix (a model saved
 inside DistributedDataParallel) is removed.
@@ -129,8 +131,9 @@ def _mmdet(path: Path, doc: Any, framework: str) -> SourceCheckpoint:
         raise input_error(path, f"was saved by mmdetection {version}", f"convert it with --from {other}")
     dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
     classes = dataset_meta.get("classes", meta.get("CLASSES"))
-    info = {"mmdet_version": version or None, "classes": list(classes) if classes is not None else None,
-            "epoch": meta.get("epoch"), "iter": meta.get("iter")}
+    config = meta.get("config", meta.get("cfg"))  # the training config's source text: v2 'config', mmengine 'cfg'
+    info = {"mmdet_version": version or None, "classes": list(classes) if isinstance(classes, (list, tuple)) else None,
+            "epoch": meta.get("epoch"), "iter": meta.get("iter"), "config": config if isinstance(config, str) else None}
     return SourceCheckpoint(framework, path, _weights(path, doc["state_dict"], "state_dict"), info)
 
 

@@ -15,7 +15,8 @@ INPUTS_OUTPUTS = {
              "benchmark folder, a COCO-LT json"),
     "train": ("Inputs: --data DIR (from 'simcal data synth') or --ann FILE --images DIR",
               "Outputs: CKPT (self-describing"),
-    "convert": ("Inputs: SRC (detectron2 model-zoo .pkl", "Output: CKPT, a checkpoint like 'simcal train' writes"),
+    "convert": ("Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint",
+                "Output: CKPT, a checkpoint like 'simcal train' writes"),
     "extract": ("Inputs: --checkpoint CKPT and --data DIR --split S (or --ann FILE --images DIR)",
                 "Output: CACHE.zarr, complete or absent"),
     "cache": ("Input: CACHE (zarr folder or .h5 export)", "export: write a single-file h5py copy with the same schema "

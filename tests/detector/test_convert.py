@@ -1,12 +1,15 @@
-"""simcal convert --from detectron2: a model-zoo-style file becomes a checkpoint every stage loads."""
+"""simcal convert --from detectron2 / mmdet: a source file becomes a checkpoint every stage loads, or is refused in
+one sentence with nothing written."""
 
 import pickle
 
+import pytest
 import torch
 
 from simcal.detector.checkpoint import load_checkpoint
-from simcal.detector.convert import DETECTRON2_BEHAVIOUR
+from simcal.detector.convert import DETECTRON2_BEHAVIOUR, MMDET_BEHAVIOUR
 from tests.detector.test_from_detectron2 import detectron2_r50_fpn
+from tests.detector.test_from_mmdet import V3_CONFIG, mmdet_r50_fpn
 from tests.helpers import tiny_lvis, write_json
 
 
@@ -44,9 +47,90 @@ def test_conversion_refusals_are_one_sentence(cli, tmp_path):
     _one_line(cli("convert", "--from", "detectron2", src, "--ann", ann, "--out", out),
               "model_final.pkl: scores 5 classes", "has 3 categories")
     torch.save({"meta": {}, "state_dict": {"w": torch.ones(1)}}, tmp_path / "mm.pth")
-    _one_line(cli("convert", "--from", "mmdet", tmp_path / "mm.pth", "--ann", ann, "--out", out),
-              "--from mmdet is not converted yet")
+    _one_line(cli("convert", "--from", "mmdet1", tmp_path / "mm.pth", "--ann", ann, "--out", out),
+              "--from mmdet1 is not converted yet (only detectron2, mmdet are)")
     three = _zoo_file(tmp_path / "three.pkl", k=3)
     _one_line(cli("convert", "--from", "detectron2", three, "--ann", ann, "--out", out, "--class-agnostic", "on"),
               "three.pkl: has per-class box and mask heads")
     assert not out.exists()
+
+
+NAMES = ("apple", "kite", "zebra")  # tiny_lvis's categories in id order (3, 7, 9)
+
+
+def test_mmdet_v3_checkpoint_converts(cli, tmp_path):
+    ann = write_json(tmp_path / "train.json", tiny_lvis())
+    sd = mmdet_r50_fpn(k=3)
+    src = tmp_path / "epoch_12.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": NAMES}, "cfg": V3_CONFIG, "epoch": 12}, "state_dict": sd,
+                "optimizer": {"state": {}, "param_groups": []}}, src)
+    out = tmp_path / "converted.pth"
+    r = cli("convert", "--from", "mmdet", src, "--ann", ann, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out}: r50_fpn, 3 classes, converted from mmdet"  # the config said it all
+    ck = torch.load(out, weights_only=True)  # (the builder took these keywords and weights strictly already)
+    assert ck["builder_kwargs"] == {"class_agnostic": False, **MMDET_BEHAVIOUR}
+    assert [c["id"] for c in ck["category_stats"]] == [3, 7, 9]
+    assert ck["train_args"]["source_framework"] == "mmdet" and ck["train_args"]["epoch"] == 12
+    assert "config" not in ck["train_args"] and "assumed" not in ck["train_args"]
+    cls, got = sd["roi_head.bbox_head.fc_cls.weight"], ck["state_dict"]
+    assert torch.equal(got["roi_heads.box_predictor.cls_score.weight"], torch.cat([cls[3:], cls[:3]]))
+    assert torch.equal(got["backbone.body.conv1.weight"], sd["backbone.conv1.weight"])  # RGB already: unchanged
+
+
+def test_mmdet_v2_file_without_config_says_what_it_assumes(cli, tmp_path):
+    ann = write_json(tmp_path / "train.json", tiny_lvis())
+    src = tmp_path / "r50_ag.pth"
+    torch.save({"meta": {"mmdet_version": "2.28.2", "CLASSES": NAMES}, "state_dict": mmdet_r50_fpn(k=3, agnostic=True)},
+               src)
+    out = tmp_path / "converted.pth"
+    r = cli("convert", "--from", "mmdet", src, "--ann", ann, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "3 classes (class-agnostic), converted from mmdet; the file carries no config: ResNet style='pytorch'" \
+        in r.stdout and "assumed" in r.stdout
+    ck = torch.load(out, weights_only=True)
+    assert ck["builder_kwargs"] == {"class_agnostic": True, **MMDET_BEHAVIOUR}
+    assert ck["train_args"]["assumed"].startswith("the file carries no config")
+
+
+def _drop(name):
+    return lambda sd, meta: sd.pop(name)
+
+
+def _set(name, value):
+    return lambda sd, meta: sd.update({name: value})
+
+
+def _meta(**kw):
+    return lambda sd, meta: meta.update(kw)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_drop("neck.fpn_convs.2.conv.bias"),
+     "lacks 1 weight(s) r50_fpn needs (named as converted: backbone.fpn.layer_blocks.2.0.bias)"),
+    (_set("backbone.layer1.3.conv1.weight", torch.zeros(1)),
+     "has 1 weight(s) r50_fpn does not (named as converted: backbone.body.layer1.3.conv1.weight)"),
+    (lambda sd, meta: None, "gives backbone.body.conv1.weight (named as converted) the shape (64,), where r50_fpn "
+     "needs (64, 3, 7, 7)"),
+    (_set("roi_head.mask_head.conv_logits.weight_", torch.zeros(1)),
+     "has 1 weight(s) no mmdetection R50-FPN Mask R-CNN has: 'roi_head.mask_head.conv_logits.weight_'"),
+    (_set("rpn_head.rpn_cls.weight", torch.zeros(6)), "has a softmax RPN (use_sigmoid=False, 2 scores per anchor)"),
+    (lambda sd, meta: sd.update(mmdet_r50_fpn(k=5, skinny=True)), "scores 5 classes, and"),
+    (_meta(CLASSES=NAMES + ("yak",)), "lists 4 class names, and"),
+    (_meta(CLASSES=("apple", "kite", "zebu")), "names its class 2 'zebu', and"),
+    (_meta(CLASSES=("zebra", "apple", "kite")), ("names its class 0 'zebra'", "the same names in another order")),
+    (_meta(config="model = dict(backbone=dict(type='ResNet', depth=50, style='caffe'))"),
+     "has a config that asks for a style='caffe' ResNet (stride in the 1x1 convs, BGR input with std 1), which "
+     "--from mmdet does not reproduce"),
+])
+def test_mmdet_refusals_are_one_sentence(cli, tmp_path, edit, words):
+    ann = write_json(tmp_path / "train.json", tiny_lvis())
+    sd, meta = mmdet_r50_fpn(k=3, skinny=True), {"mmdet_version": "2.28.2", "CLASSES": NAMES}
+    edit(sd, meta)
+    src = tmp_path / "bad.pth"
+    torch.save({"meta": meta, "state_dict": sd}, src)
+    out = tmp_path / "c.pth"
+    r = cli("convert", "--from", "mmdet", src, "--ann", ann, "--out", out)
+    first, *more = (words,) if isinstance(words, str) else words
+    _one_line(r, f"bad.pth: {first}", *more)
+    assert not out.exists() and not list(tmp_path.glob("c.pth*"))

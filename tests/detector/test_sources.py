@@ -33,10 +33,11 @@ def test_detectron2_zoo_pickle_and_checkpointer_pth(tmp_path):
 
 def test_mmdet_v2_v1_and_the_version_guard(tmp_path):
     sd = {**{k: torch.from_numpy(v) for k, v in W.items()}, "backbone.bn1.num_batches_tracked": torch.tensor(0)}
-    torch.save({"meta": {"mmdet_version": "2.28.2", "CLASSES": ("a", "b", "c"), "epoch": 24}, "state_dict": sd},
-               tmp_path / "v2.pth")
+    torch.save({"meta": {"mmdet_version": "2.28.2", "CLASSES": ("a", "b", "c"), "epoch": 24,
+                         "config": "model = dict(type='MaskRCNN')"}, "state_dict": sd}, tmp_path / "v2.pth")
     src = read_source(tmp_path / "v2.pth", "mmdet")
     assert src.meta["classes"] == ["a", "b", "c"] and src.meta["epoch"] == 24 and len(src.weights) == 3
+    assert src.meta["config"] == "model = dict(type='MaskRCNN')"  # the training config's text, for convert to check
     torch.save({"meta": {"mmdet_version": "1.0rc0+d3ca926", "config": "model = dict(...)"}, "state_dict": sd,
                 "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "epoch_12.pth")
     assert read_source(tmp_path / "epoch_12.pth", "mmdet1").meta["mmdet_version"].startswith("1.")
@@ -70,7 +71,7 @@ class _Payload:
 def test_mmengine_bookkeeping_is_read_inert_and_other_globals_are_refused(tmp_path):
     added = _with_fake_module("mmengine.logging.history_buffer.HistoryBuffer", _HistoryBuffer)
     try:
-        doc = {"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": ("a", "b")}},
+        doc = {"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": ("a", "b")}, "cfg": "x = 1"},
                "state_dict": {k: torch.from_numpy(v) for k, v in W.items()},
                "message_hub": {"log_scalars": {"train/loss": _HistoryBuffer()}}}
         torch.save(doc, tmp_path / "v3.pth")
@@ -78,7 +79,7 @@ def test_mmengine_bookkeeping_is_read_inert_and_other_globals_are_refused(tmp_pa
         for m in reversed(added):
             sys.modules.pop(m, None)
     src = read_source(tmp_path / "v3.pth", "mmdet")
-    assert _same(src.weights, W) and src.meta["classes"] == ["a", "b"]
+    assert _same(src.weights, W) and src.meta["classes"] == ["a", "b"] and src.meta["config"] == "x = 1"
     torch.save({"meta": {}, "state_dict": {"w": torch.ones(1)}, "x": _Payload()}, tmp_path / "evil.pth")
     with pytest.raises(InputError, match=r"evil.pth: names the global (posix|os)\.system.*refused before anything"):
         read_source(tmp_path / "evil.pth", "mmdet")
