@@ -56,6 +56,7 @@ DEMO := runs/demo
 bench: $(STAMP)
 	$(BIN)/python benchmarks/record.py eval_speed -- $(BIN)/python benchmarks/eval_speed.py --quick
 	$(BIN)/python benchmarks/record.py verify_speed -- $(BIN)/python benchmarks/verify_speed.py --gb 4
+	$(BIN)/python benchmarks/record.py conversion_agreement -- $(BIN)/python benchmarks/conversion_agreement.py
 	if [ -d $(DEMO) ]; then \
 	  $(BIN)/python benchmarks/record.py calibrate_speed -- $(BIN)/python benchmarks/calibrate_speed.py \
 	    --checkpoint $(DEMO)/baseline_tiny.pth --data $(DEMO)/data --cache $(DEMO)/train.zarr --steps 600; \

@@ -57,7 +57,8 @@ python benchmarks/record.py NAME -- COMMAND ARGS...   # record one benchmark by 
 make bench-docs            # render this page from the records
 ```
 
-`make bench` always runs `benchmarks/eval_speed.py --quick` and `benchmarks/verify_speed.py --gb 4`; it runs
+`make bench` always runs `benchmarks/eval_speed.py --quick`, `benchmarks/verify_speed.py --gb 4` and
+`benchmarks/conversion_agreement.py`; it runs
 `benchmarks/calibrate_speed.py` too when a `make demo` output (`runs/demo`) exists.
 """
 
