@@ -7,6 +7,7 @@ import argparse
 from simcal.core.checks import FRACTION, FRACTION_POSITIVE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, arg, arg_list
 from simcal.core.cli_args import add_amp_arg, add_dataset_args, add_device_arg, add_seed_arg, describe
 from simcal.core.names import ARCHS, IMAGE_SAMPLERS, LOSSES
+from simcal.detector.convert import TEST_SIZE
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -122,6 +123,10 @@ def _add_convert_parser(sub) -> None:
     c.add_argument("--arch", choices=("r50_fpn",), default="r50_fpn", help="the architecture (default r50_fpn)")
     c.add_argument("--class-agnostic", choices=("auto", "on", "off"), default="auto",
                    help="auto (default): as the source's box and mask heads are")
+    c.add_argument("--test-size", nargs=2, type=arg(POSITIVE_INT), metavar=("SHORT", "MAX"), default=TEST_SIZE,
+                   help="test-time resize: shorter side to SHORT unless the longer passes MAX, as the source's "
+                   "config sets it (detectron2 INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST, mmdetection's test Resize "
+                   "scale; default %(default)s, both frameworks' LVIS setting)")
 
     def run(args: argparse.Namespace) -> int:
         from simcal.detector.convert import main

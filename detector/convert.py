@@ -14,6 +14,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+#: detectron2's and mmdetection's LVIS test size (shorter side, longest side), torchvision's MaskRCNN default too.
+TEST_SIZE = (800, 1333)
+
 #: detectron2 R50-FPN's test behaviour, as builder keywords (detector/builders.py): the MSRA ResNet,
 #: BGR 0-255 input with its pixel mean (the stem's weights take RGB after conversion), unrounded anchors
 #: at fixed strides, ROIAlignV2, no small-box filter, half-up resize, grid_sample mask pasting.
@@ -128,6 +131,8 @@ def main(args: argparse.Namespace) -> int:
         raise input_error(src, str(e), _FIX_SOURCE)
     _check_classes(src, num_classes, source.meta.get("classes"), ann)
     kw = {"class_agnostic": _class_agnostic(args.class_agnostic, agnostic, src), **behaviour}
+    if tuple(args.test_size) != TEST_SIZE:  # builder keywords of torchvision's MaskRCNN
+        kw["min_size"], kw["max_size"] = args.test_size
     model = build(args.arch, num_classes, **kw)
     _check_keys(src, args.arch, weights, model)
     try:

@@ -55,11 +55,11 @@ def convert_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> t
     ann = work / "train.json"
     ann.write_text(json.dumps(_annotations(settings["num_classes"])))
     out = work / "converted.pth"
-    rc = main(["convert", "--from", "detectron2", str(src), "--ann", str(ann), "--out", str(out)])
+    size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
+    rc = main(["convert", "--from", "detectron2", str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
     if rc != 0:
         raise RuntimeError(f"simcal convert exited {rc}")
     model, _ = load_checkpoint(out)
-    model.transform.min_size, model.transform.max_size = (settings["min_size_test"],), settings["max_size_test"]
     model.roi_heads.detections_per_img = settings["detections_per_image"]
     return model.eval()
 
