@@ -15,6 +15,8 @@ Every head keeps what :func:`~simcal.calibrate.trainer.train_head` would give it
 ``steps`` is trained to its own end, never a snapshot of a longer run. Its log lines, divergence check
 and refusal are the sequential trainer's too. tests/calibrate/test_batched.py holds the two paths to
 the same weights (max abs difference <= 1e-5; to the bit where the matmuls reduce alike).
+
+Shapes: H heads of a stack, B rows of a batch, D feature width, K = C+1 logits.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def train_group(cache, cfgs: Sequence[CalibConfig], device: torch.device | str, 
                 finish(n)
         if progress is not None:
             progress.update(1)
+        if not stacks and all(step + 1 >= cfgs[n].steps for n in ncm):
+            break  # the heads still to go diverged
     if threaded:
         batches.close()
     seconds = time.perf_counter() - t0

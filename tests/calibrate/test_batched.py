@@ -109,7 +109,8 @@ def test_a_diverging_head_is_refused_as_alone_and_the_others_train_on(source):
         train_head(cache, cfgs[1], "cpu", reader, index)
     assert bad.head is None and str(bad.error) == str(alone.value)
     assert "calibration diverged" in str(bad.error)
-    assert ok.error is None and _max_difference(ok.head, train_head(cache, cfgs[0], "cpu", reader, index)[0]) == 0
+    assert ok.error is None
+    assert _max_difference(ok.head, train_head(cache, cfgs[0], "cpu", reader, index)[0]) <= TOLERANCE
 
 
 def test_val_scores_of_many_heads_from_one_read(source):
