@@ -50,13 +50,15 @@ lint: $(STAMP)
 
 # Benchmarks: each run is recorded in benchmarks/results/NAME.json (benchmarks/record.py), then
 # docs/benchmarks.md is rendered from the records (benchmarks/render.py; never edit that page).
-# eval_speed and verify_speed need nothing; calibrate_speed runs on a finished `make demo` (DEMO) when there is one.
+# eval_speed, verify_speed, conversion_agreement and sweep_speed need nothing; calibrate_speed runs on a finished `make demo` (DEMO)
+# when there is one.
 DEMO := runs/demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/record.py eval_speed -- $(BIN)/python benchmarks/eval_speed.py --quick
 	$(BIN)/python benchmarks/record.py verify_speed -- $(BIN)/python benchmarks/verify_speed.py --gb 4
 	$(BIN)/python benchmarks/record.py conversion_agreement -- $(BIN)/python benchmarks/conversion_agreement.py
+	$(BIN)/python benchmarks/record.py sweep_speed -- $(BIN)/python benchmarks/sweep_speed.py
 	if [ -d $(DEMO) ]; then \
 	  $(BIN)/python benchmarks/record.py calibrate_speed -- $(BIN)/python benchmarks/calibrate_speed.py \
 	    --checkpoint $(DEMO)/baseline_tiny.pth --data $(DEMO)/data --cache $(DEMO)/train.zarr --steps 600; \

@@ -78,48 +78,109 @@ def _identity(cfg, cache, eval_cache) -> dict[str, Any]:
             "eval_cache_fingerprint": None if eval_cache is None else cache_fingerprint(eval_cache.attrs)}
 
 
-def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
-             source=None) -> dict[str, Any]:
-    """Train (or reuse) one head at ``out``; returns its results row."""
-    from tqdm import tqdm
-
-    from simcal.calibrate.evaluate_cache import proposal_accuracy
-    from simcal.calibrate.trainer import head_checkpoint, save_head, train_head
-    from simcal.core.atomic import atomic_open, write_json
-    from simcal.core.manifest import completed, remove_manifest, write_manifest
+def _previous(cfg, cache, out: Path, eval_cache) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The head's identity, and its results row when ``out`` already holds it (else any stale manifest goes)."""
+    from simcal.core.manifest import completed, remove_manifest
 
     identity = _identity(cfg, cache, eval_cache)
     previous = completed(out, "calibrate", identity)
     if previous is not None:
         print(f"reusing {out} (same configuration and cache)")
-        return previous["record"]["row"]
+        return identity, previous["record"]["row"]
     remove_manifest(out)
-    # The log appears with its head: a run that fails leaves neither (atomic_open removes its temporary file).
-    log_path = out.with_name(out.name + ".log.jsonl")
-    with atomic_open(log_path, "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
-                                               disable=None, leave=False) as bar:
-        head, info = train_head(cache, cfg, device, reader, index, lambda rec: f.write(json.dumps(rec) + "\n"), bar,
-                                source)
+    return identity, None
+
+
+def _write_head(cache, cfg, out: Path, device, head, info: dict[str, Any], identity: dict[str, Any],
+                eval_cache=None, acc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The head file, its val scores (with ``acc``) and, last, its manifest; returns its results row."""
+    from simcal.calibrate.trainer import head_checkpoint, save_head
+    from simcal.core.atomic import write_json
+    from simcal.core.manifest import write_manifest
+
     ck = head_checkpoint(head, cfg, cache, info)
     save_head(ck, out)
-    row = {**ck["config"], "head_file": str(out), "steps_per_s": round(info["steps_per_s"], 1)}
-    if eval_cache is not None:
-        acc = proposal_accuracy(head, eval_cache, eval_reader, device=device)
+    row = {**ck["config"], "head_file": str(out), "steps_per_s": round(info["steps_per_s"], 1),
+           "head_steps_per_s": round(info.get("head_steps_per_s", info["steps_per_s"]), 1),
+           "group_heads": info.get("group_heads", 1)}
+    if acc is not None:
         write_json(out.with_name(out.name + ".eval.json"), {"eval_cache": str(eval_cache.path), **acc}, indent=2)
         row.update(acc)
     write_manifest(out, "calibrate", identity, {"row": row, "cache": str(cache.path), "device": str(device)})
     return row
 
 
+def _log_path(out: Path) -> Path:
+    return out.with_name(out.name + ".log.jsonl")
+
+
+def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
+             source=None) -> dict[str, Any]:
+    """Train (or reuse) one head at ``out``; returns its results row."""
+    from tqdm import tqdm
+
+    from simcal.calibrate.evaluate_cache import proposal_accuracy
+    from simcal.calibrate.trainer import train_head
+    from simcal.core.atomic import atomic_open
+
+    identity, row = _previous(cfg, cache, out, eval_cache)
+    if row is not None:
+        return row
+    # The log appears with its head: a run that fails leaves neither (atomic_open removes its temporary file).
+    with atomic_open(_log_path(out), "w") as f, tqdm(total=cfg.steps, desc=f"calibrate {cfg.head}", unit="step",
+                                                     disable=None, leave=False) as bar:
+        head, info = train_head(cache, cfg, device, reader, index, lambda rec: f.write(json.dumps(rec) + "\n"), bar,
+                                source)
+    acc = None if eval_cache is None else proposal_accuracy(head, eval_cache, eval_reader, device=device)
+    return _write_head(cache, cfg, out, device, head, info, identity, eval_cache, acc)
+
+
+def _run_groups(configs: list, outs: list[Path], cache, device, reader, index, eval_cache,
+                eval_reader) -> list[dict[str, Any]]:
+    """The sweep with the heads that share a batch stream trained together (calibrate/batched.py), each
+    group scored on the val cache in one pass; the same files and rows as one head after another."""
+    from tqdm import tqdm
+
+    from simcal.calibrate.batched import group_configs, train_group
+    from simcal.calibrate.evaluate_cache import proposal_accuracies
+    from simcal.core.atomic import write_text
+
+    rows: dict[int, dict[str, Any]] = {}
+    identities: dict[int, dict[str, Any]] = {}
+    for n, c in enumerate(configs):
+        identities[n], row = _previous(c, cache, outs[n], eval_cache)
+        if row is not None:
+            rows[n] = row
+    todo = [n for n in range(len(configs)) if n not in rows]
+    groups = [[todo[k] for k in g] for g in group_configs([configs[n] for n in todo])]
+    for g, group in enumerate(groups, 1):
+        cfgs = [configs[n] for n in group]
+        print(f"[group {g}/{len(groups)}] {len(group)} heads on one batch stream: "
+              + ", ".join(outs[n].stem for n in group))
+        with tqdm(total=max(c.steps for c in cfgs), desc=f"calibrate {len(group)} heads", unit="step",
+                  disable=None, leave=False) as bar:
+            trained = train_group(cache, cfgs, device, reader, index, bar)
+        # a head that diverged stops the sweep there, as it does one head after another
+        ok = next((k for k, t in enumerate(trained) if t.error is not None), len(trained))
+        accs = ([None] * ok if eval_cache is None else
+                proposal_accuracies([t.head for t in trained[:ok]], eval_cache, eval_reader, device=device))
+        for n, t, acc in zip(group, trained, accs):
+            write_text(_log_path(outs[n]), "".join(json.dumps(rec) + "\n" for rec in t.log))
+            rows[n] = _write_head(cache, configs[n], outs[n], device, t.head, t.info, identities[n], eval_cache, acc)
+        if ok < len(trained):
+            raise trained[ok].error
+    return [rows[n] for n in range(len(configs))]
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
     """A sweep's rows as a markdown table (accuracies in %, when scored on a val cache)."""
     from simcal.core.formatting import pct
 
-    cols = ["head", "sampler", "loss", "steps", "seed", "steps_per_s"]
+    cols = ["head", "sampler", "loss", "steps", "seed", "steps_per_s", "head_steps_per_s"]
     acc = [c for c in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc") if c in rows[0]]
     lines = ["| " + " | ".join(cols + acc) + " |", "|" + "---|" * (len(cols) + len(acc))]
     for r in rows:
-        vals = [str(r[c]) for c in cols] + [pct(r[c]) for c in acc]
+        vals = [str(r.get(c, "-")) for c in cols] + [pct(r[c]) for c in acc]  # "-": a head from before
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -215,15 +276,22 @@ def _check_out(args: argparse.Namespace) -> None:
 
 def _run_sweep(args: argparse.Namespace, configs: list, cache, device, reader, index, eval_cache,
                eval_reader) -> int:
-    """One head per configuration of the grid, then results.json and results.md in the folder."""
+    """One head per configuration of the grid, then results.json and results.md in the folder.
+
+    Heads that share a batch stream train together (calibrate/batched.py); ``--sequential`` trains
+    them one after another, the reference path.
+    """
     from simcal.core.atomic import write_json, write_text
 
     out = Path(args.out)
-    rows = []
-    for n, c in enumerate(configs, 1):
-        name = f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}"
-        print(f"[{n}/{len(configs)}] {name}")
-        rows.append(_run_one(cache, c, out / f"{name}.pth", device, reader, index, eval_cache, eval_reader))
+    outs = [out / f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}.pth" for c in configs]
+    if args.sequential:
+        rows = []
+        for n, (c, path) in enumerate(zip(configs, outs), 1):
+            print(f"[{n}/{len(configs)}] {path.stem}")
+            rows.append(_run_one(cache, c, path, device, reader, index, eval_cache, eval_reader))
+    else:
+        rows = _run_groups(configs, outs, cache, device, reader, index, eval_cache, eval_reader)
     write_json(out / "results.json", rows, indent=2)
     table = results_table(rows)
     write_text(out / "results.md", table + "\n")

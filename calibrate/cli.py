@@ -81,6 +81,12 @@ def add_parser(sub) -> None:
         "left out takes the command-line value); --out is then a folder",
     )
     p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="with --sweep: train the heads one after another (the reference path); by default the heads that "
+        "share a batch stream (sampler, seed, batch settings) train together, one read of each batch for all",
+    )
+    p.add_argument(
         "--eval-cache",
         metavar="VAL_CACHE",
         help="score each head by proposal classification accuracy per bin on a val cache "

@@ -71,40 +71,24 @@ def train_head(
     ``cache`` may be a :class:`DetectorSpec` with an online ``source`` (``source.sample() -> (x, y)``)
     instead of cache batches.
     """
-    from simcal.calibrate.heads import build_head, init_from_detector
-    from simcal.calibrate.samplers import CacheIndex, build_sampler
-    from simcal.detector.losses import build_classification_loss
+    from simcal.calibrate.samplers import CacheIndex
     from simcal.extract.reader import FeatureReader, prefetch
 
     device = torch.device(device)
-    det = cache.detector_head()
-    num_classes = len(cache.attrs["categories"])
-    hidden = int(det["fc6.weight"].shape[0])
-    torch.manual_seed(cfg.seed)
-    head = init_from_detector(build_head(cfg.head, cache.dim, num_classes, hidden), cfg.head, det).to(device)
+    head = initial_head(cache, cfg, device)
     if source is None:
         reader = reader or FeatureReader(cache, "auto", device, feature_dtype(cfg.amp))
         index = index or CacheIndex.from_cache(cache)
-        kw = {"seed": cfg.seed, "classes_per_batch": cfg.classes_per_batch, "bg_ratio": cfg.bg_ratio,
-              "batch_rows": cfg.batch_rows, "images_per_class": cfg.images_per_class}
-        sampler = build_sampler(cfg.sampler, index, **kw)
-
-        def produce():
-            b = sampler.sample()
-            x, y = reader.read(b.rows)
-            return len(b.rows), x, y
+        produce = batch_stream(cfg, index, reader)
     else:
         def produce():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 x, y = source.sample()
             return len(y), x.float(), y
-    counts = [c["instance_count"] for c in cache.attrs["categories"]]
-    loss_fn = build_classification_loss(cfg.loss, counts, **cfg.loss_kwargs)
+    loss_fn = head_loss(cache, cfg)
     trainable = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.0, weight_decay=0.0) if trainable else None
-    marks = [int(f * cfg.steps) for f in cfg.lr_steps]
-    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** sum(s >= m for m in marks))
-             if opt else None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s)) if opt else None
 
     t0 = time.perf_counter()
     head.train()
@@ -132,15 +116,11 @@ def train_head(
             opt.step()
             sched.step()
         # accuracies cost a few syncs: only where they are shown (log lines, every 10th bar update)
-        show = (step + 1) % 50 == 0 or step + 1 == cfg.steps
+        show = shown(step, cfg.steps)
         if show and not bool(torch.isfinite(loss)):
-            raise _diverged(f"the loss is {loss.item()} at step {step + 1}")
+            raise diverged(f"the loss is {loss.item()} at step {step + 1}")
         if show or (progress is not None and step % 10 == 0):
-            with torch.no_grad():
-                pred = logits.argmax(1)
-                fg = y > 0
-                fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
-                bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
+            fg_acc, bg_acc = batch_accuracy(logits, y)
             if progress is not None:
                 progress.set_postfix(loss=f"{loss.item():.3f}", fg_acc=f"{fg_acc:.2f}", bg_acc=f"{bg_acc:.2f}",
                                      refresh=False)
@@ -151,18 +131,81 @@ def train_head(
             progress.update(1)
     if threaded:
         batches.close()
-    from simcal.detector.checkpoint import first_non_finite
-
-    bad = first_non_finite(head.state_dict())
+    bad = non_finite_weights(head, cfg.steps)
     if bad is not None:
-        raise _diverged(f"the head's {bad} is not finite after {cfg.steps} steps")
+        raise bad
     head.eval()
     info = {"steps": cfg.steps, "seconds": time.perf_counter() - t0,
             "steps_per_s": cfg.steps / max(time.perf_counter() - t0, 1e-9)}
     return head, info
 
 
-def _diverged(what: str) -> Exception:
+def initial_head(cache, cfg: CalibConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The head a run starts from: built under ``cfg.seed``, with the detector's layers copied where it takes them."""
+    from simcal.calibrate.heads import build_head, init_from_detector
+
+    det = cache.detector_head()
+    num_classes = len(cache.attrs["categories"])
+    hidden = int(det["fc6.weight"].shape[0])
+    torch.manual_seed(cfg.seed)
+    return init_from_detector(build_head(cfg.head, cache.dim, num_classes, hidden), cfg.head, det).to(device)
+
+
+def head_loss(cache, cfg: CalibConfig):
+    """The configuration's classification loss, with the cache's train instance counts."""
+    from simcal.detector.losses import build_classification_loss
+
+    counts = [c["instance_count"] for c in cache.attrs["categories"]]
+    return build_classification_loss(cfg.loss, counts, **cfg.loss_kwargs)
+
+
+#: What fixes a run's batch stream besides the cache: the sampler and its arguments.
+STREAM_FIELDS = ("sampler", "seed", "classes_per_batch", "images_per_class", "bg_ratio", "batch_rows")
+
+
+def batch_stream(cfg: CalibConfig, index, reader) -> Callable[[], tuple[int, torch.Tensor, torch.Tensor]]:
+    """``produce() -> (rows, (B, D) features, (B,) labels)``: the configuration's batches, one per call."""
+    from simcal.calibrate.samplers import build_sampler
+
+    sampler = build_sampler(cfg.sampler, index, **{k: getattr(cfg, k) for k in STREAM_FIELDS[1:]})
+
+    def produce():
+        b = sampler.sample()
+        x, y = reader.read(b.rows)
+        return len(b.rows), x, y
+
+    return produce
+
+
+def lr_factor(cfg: CalibConfig, step: int) -> float:
+    """The lr multiplier of update ``step`` (0-based): x0.1 at each of ``cfg.lr_steps``, fractions of ``cfg.steps``."""
+    return 0.1 ** sum(step >= m for m in [int(f * cfg.steps) for f in cfg.lr_steps])
+
+
+def shown(step: int, steps: int) -> bool:
+    """Whether update ``step`` (0-based) of ``steps`` is logged (and its loss checked): every 50th, and the last."""
+    return (step + 1) % 50 == 0 or step + 1 == steps
+
+
+@torch.no_grad()
+def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Foreground and background accuracy of ``(B, C+1)`` logits on ``(B,)`` labels (nan where a side is empty)."""
+    pred = logits.argmax(1)
+    fg = y > 0
+    fg_acc = (pred[fg] == y[fg]).float().mean().item() if fg.any() else float("nan")
+    bg_acc = (pred[~fg] == 0).float().mean().item() if (~fg).any() else float("nan")
+    return fg_acc, bg_acc
+
+
+def non_finite_weights(head: torch.nn.Module, steps: int) -> Exception | None:
+    """The refusal for a head whose weights hold NaN or infinity after ``steps`` updates, else None."""
+    from simcal.detector.checkpoint import first_non_finite
+
+    bad = first_non_finite(head.state_dict())
+    return None if bad is None else diverged(f"the head's {bad} is not finite after {steps} steps")
+
+
+def diverged(what: str) -> Exception:
     """Training that produced NaN or infinity is refused: no head is written, the run says why in one sentence."""
     from simcal.core.errors import input_error
 

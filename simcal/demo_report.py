@@ -210,10 +210,11 @@ def write_report(out: Path, summary: dict[str, Any], layout: Layout) -> str:
         "",
         "## Calibration from the cache vs. from the detector",
         "",
-        f"Same head (3fc_ft), sampler (bi-level) and seed, this machine ({cfg['device']}): "
-        f"{speed['cache_steps_per_s']:.1f} steps/s from the cache, {speed['online_steps_per_s']:.1f} steps/s "
-        f"with a frozen detector forward every step (the paper's/released code's way, "
-        f"{speed['online_steps']} steps): **{speed['speedup']:.1f}x**. The cache cost "
+        f"Same head (3fc_ft), sampler (bi-level) and seed, this machine ({cfg['device']}), in head-steps/s "
+        f"(heads x steps per second): {speed['cache_head_steps_per_s']:.1f} from the cache, where the sweep "
+        f"trains the {speed['cache_heads']} heads on this head's batch stream together, "
+        f"{speed['online_steps_per_s']:.1f} with a frozen detector forward every step for one head (the "
+        f"paper's/released code's way, {speed['online_steps']} steps): **{speed['speedup']:.1f}x**. The cache cost "
         f"{_seconds(summary, 'extract', EXTRACT_WHAT.format(split='train')):.0f} s to extract once.",
         "",
         "## The calibration sweep's cheap signal: proposal accuracy on the val cache",

@@ -217,3 +217,34 @@ def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector
         rows[source] = json.loads((tmp_path / f"{source}.pth.eval.json").read_text())
     for key in ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc"):
         assert abs(rows["cache"][key] - rows["online"][key]) <= 0.15, (key, rows)
+
+
+def test_batched_sweep_writes_what_the_sequential_one_does(quick_caches, tmp_path, cli):
+    """By default the heads that share a batch stream train together (calibrate/batched.py); --sequential
+    trains them one after another. Same files, same rows but for the speeds, weights within 1e-5."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([{"head": ["3fc_ft", "linear", "2fc_ncm"], "steps": [8, 16]},
+                                {"sampler": ["random"], "loss": ["focal"]}]))
+    outs, stdout = {}, {}
+    for mode, extra in (("batched", []), ("sequential", ["--sequential"])):
+        outs[mode] = tmp_path / mode
+        r = cli("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--eval-cache", quick_caches["val"],
+                "--steps", "8", "--out", outs[mode], *extra)
+        assert r.returncode == 0, r.stderr
+        stdout[mode] = r.stdout
+    assert "[group 1/2] 6 heads on one batch stream" in stdout["batched"] and "[7/7]" in stdout["sequential"]
+    names = sorted(p.name for p in outs["batched"].iterdir())
+    assert names == sorted(p.name for p in outs["sequential"].iterdir()) and len(names) == 2 + 7 * 4
+    rows = {m: json.loads((o / "results.json").read_text()) for m, o in outs.items()}
+    assert [r["group_heads"] for r in rows["batched"]] == [6] * 6 + [1]
+    assert [r["group_heads"] for r in rows["sequential"]] == [1] * 7
+    speed = ("steps_per_s", "head_steps_per_s", "group_heads", "head_file")
+    accs = ("acc_bin1", "acc_bin2", "acc_bin3", "acc_bin4", "fg_acc", "bg_acc")
+    for a, b in zip(*rows.values()):
+        assert {k: v for k, v in a.items() if k not in speed + accs} == {k: v for k, v in b.items()
+                                                                         if k not in speed + accs}
+        assert [a[k] for k in accs] == pytest.approx([b[k] for k in accs], abs=0.02)  # one val row either way
+    for name in (n for n in names if n.endswith(".pth")):
+        a, b = load_head(outs["batched"] / name)[0].state_dict(), load_head(outs["sequential"] / name)[0].state_dict()
+        assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-5, name
+    assert "| head_steps_per_s |" in (outs["batched"] / "results.md").read_text()
