@@ -50,8 +50,8 @@ lint: $(STAMP)
 
 # Benchmarks: each run is recorded in benchmarks/results/NAME.json (benchmarks/record.py), then
 # docs/benchmarks.md is rendered from the records (benchmarks/render.py; never edit that page).
-# eval_speed, verify_speed, conversion_agreement and sweep_speed need nothing; calibrate_speed runs on a finished `make demo` (DEMO)
-# when there is one.
+# eval_speed, verify_speed, conversion_agreement and sweep_speed need nothing; calibrate_speed runs on a
+# finished `make demo` (DEMO) when there is one.
 DEMO := runs/demo
 
 bench: $(STAMP)
