@@ -12,12 +12,12 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from simcal.core.checks import NONNEG_INT, POSITIVE_INT, check
-from simcal.core.errors import input_error
+from simcal.core.errors import InputError, input_error
 from simcal.core.names import HEADS, LOSSES, SAMPLERS
 
 
@@ -78,14 +78,15 @@ def _identity(cfg, cache, eval_cache) -> dict[str, Any]:
             "eval_cache_fingerprint": None if eval_cache is None else cache_fingerprint(eval_cache.attrs)}
 
 
-def _previous(cfg, cache, out: Path, eval_cache) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _previous(cfg, cache, out: Path, eval_cache, quiet: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The head's identity, and its results row when ``out`` already holds it (else any stale manifest goes)."""
     from simcal.core.manifest import completed, remove_manifest
 
     identity = _identity(cfg, cache, eval_cache)
     previous = completed(out, "calibrate", identity)
     if previous is not None:
-        print(f"reusing {out} (same configuration and cache)")
+        if not quiet:
+            print(f"reusing {out} (same configuration and cache)")
         return identity, previous["record"]["row"]
     remove_manifest(out)
     return identity, None
@@ -135,41 +136,77 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
     return _write_head(cache, cfg, out, device, head, info, identity, eval_cache, acc)
 
 
-def _run_groups(configs: list, outs: list[Path], cache, device, reader, index, eval_cache,
-                eval_reader) -> list[dict[str, Any]]:
-    """The sweep with the heads that share a batch stream trained together (calibrate/batched.py), each
-    group scored on the val cache in one pass; the same files and rows as one head after another."""
+def _units(configs: list, todo: list[int], sequential: bool) -> list[list[int]]:
+    """The sweep's units of work: each head alone (``--sequential``) or the groups that share a batch stream."""
+    from simcal.calibrate.batched import group_configs
+
+    if sequential:
+        return [[n] for n in todo]
+    return [[todo[k] for k in g] for g in group_configs([configs[n] for n in todo])]
+
+
+def _train_group(group: list[int], configs: list, outs: list[Path], identities: dict[int, dict[str, Any]], cache,
+                 device, reader, index, eval_cache, eval_reader) -> None:
+    """Train one group of heads together (calibrate/batched.py), score them on the val cache in one pass, write
+    each head; a head that diverged stops the sweep there (its InputError), as one head after another would."""
     from tqdm import tqdm
 
-    from simcal.calibrate.batched import group_configs, train_group
+    from simcal.calibrate.batched import train_group
     from simcal.calibrate.evaluate_cache import proposal_accuracies
     from simcal.core.atomic import write_text
 
-    rows: dict[int, dict[str, Any]] = {}
-    identities: dict[int, dict[str, Any]] = {}
+    cfgs = [configs[n] for n in group]
+    with tqdm(total=max(c.steps for c in cfgs), desc=f"calibrate {len(group)} heads", unit="step",
+              disable=None, leave=False) as bar:
+        trained = train_group(cache, cfgs, device, reader, index, bar)
+    ok = next((k for k, t in enumerate(trained) if t.error is not None), len(trained))
+    accs = ([None] * ok if eval_cache is None else
+            proposal_accuracies([t.head for t in trained[:ok]], eval_cache, eval_reader, device=device))
+    for n, t, acc in zip(group, trained, accs):
+        write_text(_log_path(outs[n]), "".join(json.dumps(rec) + "\n" for rec in t.log))
+        _write_head(cache, configs[n], outs[n], device, t.head, t.info, identities[n], eval_cache, acc)
+    if ok < len(trained):
+        raise trained[ok].error
+
+
+def _run_units(args: argparse.Namespace, configs: list, outs: list[Path], cache, device, reader, index,
+               eval_cache, eval_reader, rank: int, world: int) -> Optional[list[dict[str, Any]]]:
+    """Train this rank's units of the sweep (calibrate/sweep_ranks.py); every rank's rows on rank 0, else None.
+
+    Heads already complete are reused; every rank looks before any trains, so all split the same work.
+    """
+    from simcal.calibrate.sweep_ranks import first_error, split
+    from simcal.detector.distributed import barrier
+
+    identities, done = {}, {}
     for n, c in enumerate(configs):
-        identities[n], row = _previous(c, cache, outs[n], eval_cache)
+        identities[n], row = _previous(c, cache, outs[n], eval_cache, quiet=rank > 0)
         if row is not None:
-            rows[n] = row
-    todo = [n for n in range(len(configs)) if n not in rows]
-    groups = [[todo[k] for k in g] for g in group_configs([configs[n] for n in todo])]
-    for g, group in enumerate(groups, 1):
-        cfgs = [configs[n] for n in group]
-        print(f"[group {g}/{len(groups)}] {len(group)} heads on one batch stream: "
-              + ", ".join(outs[n].stem for n in group))
-        with tqdm(total=max(c.steps for c in cfgs), desc=f"calibrate {len(group)} heads", unit="step",
-                  disable=None, leave=False) as bar:
-            trained = train_group(cache, cfgs, device, reader, index, bar)
-        # a head that diverged stops the sweep there, as it does one head after another
-        ok = next((k for k, t in enumerate(trained) if t.error is not None), len(trained))
-        accs = ([None] * ok if eval_cache is None else
-                proposal_accuracies([t.head for t in trained[:ok]], eval_cache, eval_reader, device=device))
-        for n, t, acc in zip(group, trained, accs):
-            write_text(_log_path(outs[n]), "".join(json.dumps(rec) + "\n" for rec in t.log))
-            rows[n] = _write_head(cache, configs[n], outs[n], device, t.head, t.info, identities[n], eval_cache, acc)
-        if ok < len(trained):
-            raise trained[ok].error
-    return [rows[n] for n in range(len(configs))]
+            done[n] = row
+    barrier()
+    units = _units(configs, [n for n in range(len(configs)) if n not in done], args.sequential)
+    mine = split([sum(configs[n].steps for n in u) for u in units], world)[rank]
+    at = f" (rank {rank})" if world > 1 else ""
+    error = None
+    try:
+        for u in mine:
+            if args.sequential:
+                n = units[u][0]
+                print(f"[{n + 1}/{len(configs)}]{at} {outs[n].stem}")
+                _run_one(cache, configs[n], outs[n], device, reader, index, eval_cache, eval_reader)
+            else:
+                print(f"[group {u + 1}/{len(units)}]{at} {len(units[u])} heads on one batch stream: "
+                      + ", ".join(outs[n].stem for n in units[u]))
+                _train_group(units[u], configs, outs, identities, cache, device, reader, index, eval_cache,
+                             eval_reader)
+    except InputError as e:  # a diverged head: the other ranks finish their units, then all stop with it
+        error = e
+    error = first_error(error, world)
+    if error is not None:
+        raise error
+    if rank > 0:
+        return None
+    return [done.get(n) or _previous(c, cache, outs[n], eval_cache, quiet=True)[1] for n, c in enumerate(configs)]
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
@@ -275,23 +312,20 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace, configs: list, cache, device, reader, index, eval_cache,
-               eval_reader) -> int:
+               eval_reader, rank: int = 0, world: int = 1) -> int:
     """One head per configuration of the grid, then results.json and results.md in the folder.
 
     Heads that share a batch stream train together (calibrate/batched.py); ``--sequential`` trains
-    them one after another, the reference path.
+    them one after another, the reference path. Under torchrun the units of work are split across the
+    ranks (calibrate/sweep_ranks.py) and rank 0 writes the table.
     """
     from simcal.core.atomic import write_json, write_text
 
     out = Path(args.out)
     outs = [out / f"{c.head}_{c.sampler}_{c.loss}_s{c.steps}_seed{c.seed}.pth" for c in configs]
-    if args.sequential:
-        rows = []
-        for n, (c, path) in enumerate(zip(configs, outs), 1):
-            print(f"[{n}/{len(configs)}] {path.stem}")
-            rows.append(_run_one(cache, c, path, device, reader, index, eval_cache, eval_reader))
-    else:
-        rows = _run_groups(configs, outs, cache, device, reader, index, eval_cache, eval_reader)
+    rows = _run_units(args, configs, outs, cache, device, reader, index, eval_cache, eval_reader, rank, world)
+    if rows is None:
+        return 0
     write_json(out / "results.json", rows, indent=2)
     table = results_table(rows)
     write_text(out / "results.md", table + "\n")
@@ -322,6 +356,27 @@ def _eval_cache(args: argparse.Namespace, cache, device):
     return eval_cache, FeatureReader(eval_cache, args.preload, device)
 
 
+def _ranks(args: argparse.Namespace, device):
+    """(rank, world size, device): a sweep under torchrun splits its heads across the ranks, each on its own GPU."""
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if not args.sweep or args.sample_only:
+        raise input_error(None, f"torchrun started {world} processes, and only a --sweep is split across processes",
+                          "run a single head or --sample-only without torchrun")
+    from simcal.detector.distributed import init_distributed
+
+    rank, world, local_rank = init_distributed()
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
 def main(args: argparse.Namespace) -> int:
     from simcal.calibrate.samplers import CacheIndex
     from simcal.calibrate.trainer import feature_dtype
@@ -339,6 +394,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.cache:
         raise input_error(None, "--cache is required (or --source online with --checkpoint and --data)")
     _check_out(args)
+    rank, world, device = _ranks(args, device)
     configs = _sweep_configs(args, cfg, amp) if args.sweep else None
     cache = _open(args.cache)
     index = CacheIndex.from_cache(cache)
@@ -347,7 +403,11 @@ def main(args: argparse.Namespace) -> int:
     reader = FeatureReader(cache, args.preload, device, feature_dtype(cfg.amp))
     eval_cache, eval_reader = _eval_cache(args, cache, device)
     if args.sweep:
-        return _run_sweep(args, configs, cache, device, reader, index, eval_cache, eval_reader)
+        from simcal.detector.distributed import finish_distributed
+
+        rc = _run_sweep(args, configs, cache, device, reader, index, eval_cache, eval_reader, rank, world)
+        finish_distributed()
+        return rc
     out = Path(args.out)
     row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
     print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "

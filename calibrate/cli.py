@@ -78,7 +78,8 @@ def add_parser(sub) -> None:
         metavar="GRID.json",
         help='run every combination of {"head": [...], "sampler": [...], "loss": [...], "steps": '
         '[...], "seed": [...]} loading the cache once (or a list of such grids: their union, in order; a key '
-        "left out takes the command-line value); --out is then a folder",
+        "left out takes the command-line value); --out is then a folder. Under torchrun the heads are split "
+        "across the processes (each group on one rank; rank 0 writes the table)",
     )
     p.add_argument(
         "--sequential",

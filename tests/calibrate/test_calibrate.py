@@ -12,7 +12,7 @@ from simcal.calibrate.trainer import CalibConfig, load_head, train_head
 from simcal.data.statistics import instance_bin
 from simcal.detector.checkpoint import load_checkpoint
 from simcal.extract.schema import Cache
-from tests.helpers import run_simcal
+from tests.helpers import call_main_one_thread, run_simcal, torchrun_simcal
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,29 @@ def test_batched_sweep_writes_what_the_sequential_one_does(quick_caches, tmp_pat
         a, b = load_head(outs["batched"] / name)[0].state_dict(), load_head(outs["sequential"] / name)[0].state_dict()
         assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-5, name
     assert "| head_steps_per_s |" in (outs["batched"] / "results.md").read_text()
+
+
+def test_torchrun_sweep_splits_the_groups_and_equals_one_process(quick_caches, tmp_path):
+    """Two gloo ranks share a sweep's groups (calibrate/sweep_ranks.py): every head is written once, by one rank,
+    and the heads, logs, val scores and table equal one process's (one torch thread each) to the bit."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"head": ["3fc_ft", "linear"], "sampler": ["bilevel", "random", "class_balanced"]}))
+    args = ("calibrate", "--cache", quick_caches["train"], "--sweep", grid, "--eval-cache", quick_caches["val"],
+            "--steps", "6")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert call_main_one_thread(*args, "--out", one) == 0
+    r = torchrun_simcal(*args, "--out", two)
+    assert r.returncode == 0, r.stderr
+    assert "(rank 0)" in r.stdout and "(rank 1)" in r.stdout and r.stdout.count("| head |") == 1
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir()) and len(names) == 2 + 6 * 4
+    speed = ("steps_per_s", "head_steps_per_s", "seconds")
+    rows = [[{k: v for k, v in row.items() if k not in speed and k != "head_file"} for row in
+             json.loads((d / "results.json").read_text())] for d in (one, two)]
+    assert rows[0] == rows[1]
+    for name in names:
+        if name.endswith(".pth"):
+            a, b = load_head(one / name)[0].state_dict(), load_head(two / name)[0].state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        elif name.endswith((".log.jsonl", ".eval.json")):
+            assert (one / name).read_text().replace(str(one), "") == (two / name).read_text().replace(str(two), "")
