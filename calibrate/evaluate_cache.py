@@ -38,7 +38,7 @@ def proposal_accuracies(heads: Sequence[torch.nn.Module], cache, reader=None, bl
         x, _ = reader.read(np.arange(a, min(a + block, R)))
         for h, head in enumerate(heads):
             preds[h, a : a + len(x)] = head(x).argmax(1).cpu().numpy()
-    labels = reader.labels.numpy()
+    labels = reader.labels.cpu().numpy()
     bins = np.array([0] + [instance_bin(c["instance_count"], cache.bins) for c in cache.attrs["categories"]])
     return [_scores(p, labels, bins) for p in preds]
 

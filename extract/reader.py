@@ -69,7 +69,7 @@ class FeatureReader:
             self.store_rows = self._row_reader(cache)
         else:
             raise ValueError(f"unknown preload {preload!r}; choose from {', '.join(PRELOAD)}")
-        self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64))
+        self.labels = torch.from_numpy(np.asarray(cache["labels"][:]).astype(np.int64)).to(target)
         # Store reads overlap compute in a thread where a core is free for it: with the device busy
         # on a GPU, or more than 2 cores. On 2 cores the thread competes with torch's own threads
         # for the cores and slows training down.
@@ -100,19 +100,21 @@ class FeatureReader:
 
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) features (``dtype``) and (B,) int64 labels of ascending ``rows``, on the device."""
-        labels = self.labels[torch.from_numpy(rows)]
-        if self.memory is not None:
-            idx = torch.from_numpy(rows).to(self.memory.device)
+        idx = torch.from_numpy(rows)
+        if self.memory is not None:  # preloaded: one copy of the indices to where the features are, a gather there
+            idx = idx.to(self.memory.device, non_blocking=True)
             x = torch.index_select(self.memory, 0, idx)
         else:
-            idx = torch.from_numpy(rows)
             x = torch.from_numpy(self._read_store(rows))
+        labels = self.labels[idx]
         if self.scale is not None:
-            x = x.float() * self.scale[idx.to(self.scale.device)][:, None]
+            x = x.float() * self.scale[idx][:, None]
         # float16 -> bfloat16 through float32: the same numbers; torch's direct cast is slow on CPU
         if x.dtype != self.dtype:
             x = x.float().to(self.dtype)
-        return x.to(self.device, non_blocking=True), labels.to(self.device)
+        if x.device.type == "cpu" and self.device.type == "cuda":  # pinned: the copy overlaps the device's compute
+            x, labels = x.pin_memory(), labels.pin_memory()
+        return x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 def prefetch(produce: Callable[[], object], depth: int = 4) -> Iterator[object]:
