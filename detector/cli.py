@@ -85,12 +85,13 @@ def add_parser(sub) -> None:
 def _add_convert_parser(sub) -> None:
     c = sub.add_parser(
         "convert",
-        help="convert a detector trained in detectron2 or mmdetection into a SimCal checkpoint",
+        help="convert a detector trained in detectron2 or mmdetection (incl. the SimCal release) into a SimCal "
+        "checkpoint",
         description=(
             "Convert a trained R50-FPN Mask R-CNN from another framework.\n\n"
-            "Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint, as --from below) and\n"
-            "--ann TRAIN.json (the annotations it was trained on: class count and names, category\n"
-            "order, statistics).\n"
+            "Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint, or an mmdetection 1.x one\n"
+            "such as the SimCal authors' release, as --from below) and --ann TRAIN.json (the\n"
+            "annotations it was trained on: class count and names, category order, statistics).\n"
             "Output: CKPT, a checkpoint like 'simcal train' writes (weights in torchvision's layout,\n"
             "background first), whose builder keywords reproduce the source's test behaviour where\n"
             "torchvision's differs.\n\n"
@@ -108,7 +109,18 @@ def _add_convert_parser(sub) -> None:
             "  deltas (without a config these are assumed, and the output line says so).\n"
             "  Carries: detectron2's anchors, RoIAlign, small-box, resize and mask-paste switches\n"
             "  with torchvision's strides and normalisation, which style='pytorch' shares.\n"
-            "--from mmdet1: mmdetection 1.x (the SimCal authors' release) is read, not converted yet.\n\n"
+            "--from mmdet1: an mmdetection 1.x .pth, e.g. the SimCal authors' epoch_12.pth of\n"
+            "  mask_rcnn_r50_fpn_1x_lvis_clswise or _agnostic (r50, r50-ag). Checked: every weight's\n"
+            "  name and shape (heads with background first, class-specific or class-agnostic), a\n"
+            "  sigmoid RPN, the class count against --ann and, when the file lists them (meta\n"
+            "  CLASSES), the class names in category-id order; when the file carries its config:\n"
+            "  style='pytorch', ImageNet RGB normalisation, RoIAlign sample_num=2, anchors of scale 8\n"
+            "  at strides 4..64, standard box deltas. Carries: mmdetection 1.x's '+1' pixel convention\n"
+            "  (rounded anchors, box decoding, RPN, NMS and RoIAlign end, FPN levels by\n"
+            "  sqrt((w+1)(h+1)) from 56), its resize (int(x*s+0.5), one scale factor s, detections\n"
+            "  mapped to the original image by s before their NMS), score threshold 0 and mask pasting\n"
+            "  on integer boxes. The release's dual head replaces the scores of classes with fewer\n"
+            "  than 100 train instances: 'simcal infer --mode sel --T 99'.\n\n"
             "Bad input: one sentence on stderr, exit code 2, nothing written."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -116,7 +128,7 @@ def _add_convert_parser(sub) -> None:
     c.add_argument("src", metavar="SRC", help="the source checkpoint")
     c.add_argument("--from", dest="source", choices=("detectron2", "mmdet", "mmdet1"), required=True,
                    help="the framework that wrote SRC: detectron2, mmdet (mmdetection v2/v3) or mmdet1 "
-                   "(not converted yet); see above")
+                   "(mmdetection 1.x, the SimCal release); see above")
     c.add_argument("--ann", required=True, metavar="TRAIN.json", help="the training annotations (LVIS/COCO json)")
     c.add_argument("--out", required=True, metavar="CKPT", help="the SimCal checkpoint to write")
     c.add_argument("--arch", choices=("r50_fpn",), default="r50_fpn", help="the architecture (default r50_fpn)")

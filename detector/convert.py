@@ -1,11 +1,11 @@
 """``simcal convert``: a detector trained in another framework -> a SimCal checkpoint every stage loads.
 
 Reads the source file (:mod:`simcal.detector.sources`), renames and re-indexes its weights
-(:mod:`simcal.detector.from_detectron2`, :mod:`simcal.detector.from_mmdet`), checks its classes
-against the training annotations (their count, and their names in category-id order when the file
-lists them), and writes a checkpoint whose builder keywords switch on the source framework's
-behaviour where torchvision's differs, so that extraction, online calibration and inference compute
-what the source computes (:data:`SOURCES`). ``--from mmdet1`` is read but not converted yet.
+(:mod:`simcal.detector.from_detectron2`, :mod:`simcal.detector.from_mmdet`,
+:mod:`simcal.detector.from_mmdet1`), checks its classes against the training annotations (their
+count, and their names in category-id order when the file lists them), and writes a checkpoint whose
+builder keywords switch on the source framework's behaviour where torchvision's differs, so that
+extraction, online calibration and inference compute what the source computes (:data:`SOURCES`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ DETECTRON2_BEHAVIOUR: dict[str, Any] = {"stride_in_1x1": True, "pixel_norm": "de
 MMDET_BEHAVIOUR: dict[str, Any] = {"anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
                                    "resize": "detectron2", "paste_masks": "detectron2"}
 
+#: mmdetection v1's (the SimCal release's) R50-FPN test behaviour: its "+1" pixel convention and one scale
+#: factor, as builder keywords (detector/builders.py): v1's rounded anchors at fixed strides, its box decoding,
+#: RPN, NMS and post-processing (detector/legacy_boxes.py), its RoIAlign and FPN levels (legacy_pooler.py), its
+#: resize and mask pasting (mmdet1_transform.py), and its test score threshold (``score_thr=0.0``, kept when
+#: ``> 0``). style='pytorch' ResNet and ImageNet RGB normalisation: torchvision's. Approximate only where
+#: those modules' docs say.
+MMDET1_BEHAVIOUR: dict[str, Any] = {"anchors": "mmdet1", "boxes": "mmdet1", "roi_align": "mmdet1",
+                                    "resize": "mmdet1", "paste_masks": "mmdet1", "box_score_thresh": 0.0}
+
 #: (torchvision state dict, K classes, class-agnostic, what was assumed about the source or None)
 Converted = tuple[dict, int, bool, Optional[str]]
 
@@ -49,10 +58,19 @@ def _mmdet(source) -> Converted:
     return (*to_torchvision(source.weights), assumed)
 
 
+def _mmdet1(source) -> Converted:
+    from simcal.detector.from_mmdet1 import to_torchvision
+    from simcal.detector.mmdet_config import check_config_v1
+
+    assumed = check_config_v1(source.meta.get("config"))
+    return (*to_torchvision(source.weights), assumed)
+
+
 #: --from -> (the file as read -> its weights in our layout, the source's test behaviour as builder keywords).
 SOURCES: dict[str, tuple[Callable[[Any], Converted], dict[str, Any]]] = {
     "detectron2": (_detectron2, DETECTRON2_BEHAVIOUR),
     "mmdet": (_mmdet, MMDET_BEHAVIOUR),
+    "mmdet1": (_mmdet1, MMDET1_BEHAVIOUR),
 }
 _FIX_SOURCE = "pass an R50-FPN Mask R-CNN checkpoint trained with the framework's standard settings"
 _FIX_ANN = "pass the annotation file the detector was trained on"
@@ -118,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     require_output(args.out, "file", "--out", "detector.pth")
     if args.source not in SOURCES:
         raise input_error(None, f"--from {args.source} is not converted yet (only {', '.join(SOURCES)} are)",
-                          "convert a detectron2 or mmdetection v2/v3 checkpoint, or train with 'simcal train'")
+                          "convert a detectron2 or mmdetection checkpoint, or train with 'simcal train'")
     to_torchvision, behaviour = SOURCES[args.source]
     ann = load_annotations(args.ann)
     source = read_source(src, args.source)
