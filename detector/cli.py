@@ -91,10 +91,12 @@ def _add_convert_parser(sub) -> None:
             "Convert a trained R50-FPN Mask R-CNN from another framework.\n\n"
             "Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint, or an mmdetection 1.x one\n"
             "such as the SimCal authors' release, as --from below) and --ann TRAIN.json (the\n"
-            "annotations it was trained on: class count and names, category order, statistics).\n"
+            "annotations it was trained on: class count and names, category order, statistics);\n"
+            "with --from mmdet1 optionally --head, the release's calibrated head.\n"
             "Output: CKPT, a checkpoint like 'simcal train' writes (weights in torchvision's layout,\n"
             "background first), whose builder keywords reproduce the source's test behaviour where\n"
-            "torchvision's differs.\n\n"
+            "torchvision's differs; with --head also HEAD.pth (--head-out), a head like 'simcal\n"
+            "calibrate' writes, bound to CKPT.\n\n"
             "--from detectron2: a model-zoo .pkl (read without running pickled code) or a\n"
             "  Checkpointer .pth. Checked: every weight's name and shape, the class count against\n"
             "  --ann. Carries: the MSRA ResNet (stride in the 1x1 convs), BGR 0-255 input with\n"
@@ -119,8 +121,14 @@ def _add_convert_parser(sub) -> None:
             "  (rounded anchors, box decoding, RPN, NMS and RoIAlign end, FPN levels by\n"
             "  sqrt((w+1)(h+1)) from 56), its resize (int(x*s+0.5), one scale factor s, detections\n"
             "  mapped to the original image by s before their NMS), score threshold 0 and mask pasting\n"
-            "  on integer boxes. The release's dual head replaces the scores of classes with fewer\n"
-            "  than 100 train instances: 'simcal infer --mode sel --T 99'.\n\n"
+            "  on integer boxes.\n"
+            "  --head SIMCAL_HEAD.pth --head-out HEAD.pth: also convert the release's calibrated head\n"
+            "  (3fc_ft.pth: feat_classifier.fc1/fc2/fc_classifier, or a simple2fc head:\n"
+            "  feat_extractor.fc1/fc2) into a head for 'simcal infer --head-ckpt HEAD.pth' with CKPT,\n"
+            "  which refuses it with any other detector. Checked: its names, its input width against\n"
+            "  the RoI features and its outputs against the classes. The release's dual head replaces\n"
+            "  the scores of classes with fewer than 100 train instances: 'simcal infer --mode sel\n"
+            "  --T 99'.\n\n"
             "Bad input: one sentence on stderr, exit code 2, nothing written."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -134,8 +142,11 @@ def _add_convert_parser(sub) -> None:
     c.add_argument("--arch", choices=("r50_fpn",), default="r50_fpn", help="the architecture (default r50_fpn)")
     c.add_argument("--class-agnostic", choices=("auto", "on", "off"), default="auto",
                    help="auto (default): as the source's box and mask heads are")
+    c.add_argument("--head", metavar="SIMCAL_HEAD.pth",
+                   help="--from mmdet1 only: the release's calibrated head file (3fc_ft.pth), converted too")
+    c.add_argument("--head-out", metavar="HEAD.pth", help="with --head: the SimCal head checkpoint to write")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> int:  # 'simcal convert' itself runs calibrate/cli.py's, with --head
         from simcal.detector.convert import main
 
         return main(args)
