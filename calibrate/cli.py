@@ -108,3 +108,21 @@ def add_parser(sub) -> None:
         return main(args)
 
     p.set_defaults(func=run)
+    _run_convert_with_head_converter(sub)
+
+
+def _run_convert_with_head_converter(sub) -> None:
+    """'simcal convert' (detector/cli.py) with its --head: the release's head becomes a head checkpoint, this
+    stage's format, which the detector stage may not import; so the command runs from here, handing
+    detector.convert.main the converter (calibrate/import_head.py)."""
+    convert = sub.choices.get("convert")
+    if convert is None:
+        return
+
+    def run(args: argparse.Namespace) -> int:
+        from simcal.calibrate.import_head import convert_head
+        from simcal.detector.convert import main
+
+        return main(args, convert_head=convert_head)
+
+    convert.set_defaults(func=run)

@@ -15,6 +15,12 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   detections, where torchvision drops those under 1e-3 / 1e-2 pixels; ``resize="detectron2"`` rounds the
   test-time image size half up and resizes the 8-bit image with PIL, and ``paste_masks="detectron2"``
   pastes masks with ``grid_sample`` (:mod:`simcal.detector.detectron2_transform`).
+  mmdetection v1 (the SimCal authors' release) with the value ``"mmdet1"``: ``anchors`` (v1's rounded
+  anchors, :mod:`simcal.detector.legacy_anchors`), ``roi_align`` (v1's levels and RoIAlign,
+  :mod:`simcal.detector.legacy_pooler`), ``boxes`` (v1's "+1" box decoding, RPN, NMS and detection
+  post-processing, :mod:`simcal.detector.legacy_boxes`), ``resize`` (v1's size, 8-bit resize and one scale
+  factor) and ``paste_masks`` (:mod:`simcal.detector.mmdet1_transform`); ``boxes`` and ``resize`` go
+  together (the post-processing needs the factor), ``paste_masks="mmdet1"`` needs them.
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -123,8 +129,12 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
 
         settings["rpn_anchor_generator"] = FixedStrideAnchorGenerator(((32,), (64,), (128,), (256,), (512,)),
                                                                       ((0.5, 1.0, 2.0),) * 5)
+    elif anchors == "mmdet1":  # v1's rounded anchors at fixed strides (detector/legacy_anchors.py)
+        from simcal.detector.legacy_anchors import Mmdet1AnchorGenerator
+
+        settings["rpn_anchor_generator"] = Mmdet1AnchorGenerator()
     elif anchors != "torchvision":
-        raise ValueError(f"unknown anchors {anchors!r}; choose from torchvision, detectron2")
+        raise ValueError(f"unknown anchors {anchors!r}; choose from torchvision, detectron2, mmdet1")
     pooling = kw.pop("roi_align", "torchvision")
     if pooling == "detectron2":  # ROIAlignV2: aligned=True, adaptive sampling (detector/aligned_pooler.py)
         from simcal.detector.aligned_pooler import AlignedMultiScaleRoIAlign
@@ -132,8 +142,14 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
         levels = ["0", "1", "2", "3"]
         settings["box_roi_pool"] = AlignedMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=0)
         settings["mask_roi_pool"] = AlignedMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=0)
+    elif pooling == "mmdet1":  # v1's levels and RoIAlign, sample_num 2 (detector/legacy_pooler.py)
+        from simcal.detector.legacy_pooler import Mmdet1MultiScaleRoIAlign
+
+        levels = ["0", "1", "2", "3"]
+        settings["box_roi_pool"] = Mmdet1MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2)
+        settings["mask_roi_pool"] = Mmdet1MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2)
     elif pooling != "torchvision":
-        raise ValueError(f"unknown roi_align {pooling!r}; choose from torchvision, detectron2")
+        raise ValueError(f"unknown roi_align {pooling!r}; choose from torchvision, detectron2, mmdet1")
     settings.update(kw)
     return MaskRCNN(backbone, num_classes=num_classes + 1, **settings)
 
@@ -144,10 +160,8 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     from simcal.detector.roi_heads import use_long_tail_roi_heads
 
     small_boxes, resize = kw.pop("small_boxes", "torchvision"), kw.pop("resize", "torchvision")
-    paste = kw.pop("paste_masks", "torchvision")
-    for name, value in (("small_boxes", small_boxes), ("resize", resize), ("paste_masks", paste)):
-        if value not in ("torchvision", "detectron2"):
-            raise ValueError(f"unknown {name} {value!r}; choose from torchvision, detectron2")
+    paste, boxes = kw.pop("paste_masks", "torchvision"), kw.pop("boxes", "torchvision")
+    _check_switches(small_boxes=small_boxes, resize=resize, paste_masks=paste, boxes=boxes)
     if arch == "tiny":
         model = _tiny(num_classes, **kw)
     elif arch == "r50_fpn":
@@ -171,4 +185,35 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
 
         model.transform.__class__ = Detectron2Transform
         model.transform.round_size, model.transform.grid_paste = resize == "detectron2", paste == "detectron2"
+    if boxes == "mmdet1":  # detector/legacy_boxes.py: v1's box coder and proposals, its detections' NMS
+        from simcal.detector.legacy_boxes import RCNN_STDS, Mmdet1BoxCoder, Mmdet1RPN
+
+        model.rpn = Mmdet1RPN.like(model.rpn)
+        heads.box_coder, heads.box_convention = Mmdet1BoxCoder(RCNN_STDS), "mmdet1"
+    if resize == "mmdet1":  # detector/mmdet1_transform.py
+        from simcal.detector.mmdet1_transform import Mmdet1Transform
+
+        model.transform = Mmdet1Transform(model.transform, paste_masks=paste == "mmdet1")
     return model
+
+
+#: The values each framework switch of build() takes.
+SWITCHES = {"small_boxes": ("torchvision", "detectron2"), "resize": ("torchvision", "detectron2", "mmdet1"),
+            "paste_masks": ("torchvision", "detectron2", "mmdet1"), "boxes": ("torchvision", "mmdet1")}
+
+
+def _check_switches(**switches: str) -> None:
+    """Known values, and the mmdetection v1 switches that only work together."""
+    for name, value in switches.items():
+        if value not in SWITCHES[name]:
+            raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(SWITCHES[name])}")
+    boxes, resize, paste = switches["boxes"], switches["resize"], switches["paste_masks"]
+    if (boxes == "mmdet1") != (resize == "mmdet1"):
+        raise ValueError("boxes='mmdet1' and resize='mmdet1' go together: mmdetection v1 maps its detections to "
+                         "the original image by the resize's one scale factor before its NMS")
+    if paste == "mmdet1" and resize != "mmdet1":
+        raise ValueError("paste_masks='mmdet1' needs resize='mmdet1' and boxes='mmdet1' (mmdetection v1's boxes)")
+    if resize == "mmdet1" and paste == "detectron2":
+        raise ValueError("paste_masks='detectron2' does not go with resize='mmdet1'; use 'mmdet1' or 'torchvision'")
+    if boxes == "mmdet1" and switches["small_boxes"] != "torchvision":
+        raise ValueError("boxes='mmdet1' keeps every box, as mmdetection v1 does; leave small_boxes unset")

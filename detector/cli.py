@@ -86,15 +86,18 @@ def add_parser(sub) -> None:
 def _add_convert_parser(sub) -> None:
     c = sub.add_parser(
         "convert",
-        help="convert a detector trained in detectron2 or mmdetection into a SimCal checkpoint",
+        help="convert a detector trained in detectron2 or mmdetection (incl. the SimCal release) into a SimCal "
+        "checkpoint",
         description=(
             "Convert a trained R50-FPN Mask R-CNN from another framework.\n\n"
-            "Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint, as --from below) and\n"
-            "--ann TRAIN.json (the annotations it was trained on: class count and names, category\n"
-            "order, statistics).\n"
+            "Inputs: SRC (a detectron2 or mmdetection v2/v3 checkpoint, or an mmdetection 1.x one\n"
+            "such as the SimCal authors' release, as --from below) and --ann TRAIN.json (the\n"
+            "annotations it was trained on: class count and names, category order, statistics);\n"
+            "with --from mmdet1 optionally --head, the release's calibrated head.\n"
             "Output: CKPT, a checkpoint like 'simcal train' writes (weights in torchvision's layout,\n"
             "background first), whose builder keywords reproduce the source's test behaviour where\n"
-            "torchvision's differs.\n\n"
+            "torchvision's differs; with --head also HEAD.pth (--head-out), a head like 'simcal\n"
+            "calibrate' writes, bound to CKPT.\n\n"
             "--from detectron2: a model-zoo .pkl (read without running pickled code) or a\n"
             "  Checkpointer .pth. Checked: every weight's name and shape, the class count against\n"
             "  --ann. Carries: the MSRA ResNet (stride in the 1x1 convs), BGR 0-255 input with\n"
@@ -109,7 +112,24 @@ def _add_convert_parser(sub) -> None:
             "  deltas (without a config these are assumed, and the output line says so).\n"
             "  Carries: detectron2's anchors, RoIAlign, small-box, resize and mask-paste switches\n"
             "  with torchvision's strides and normalisation, which style='pytorch' shares.\n"
-            "--from mmdet1: mmdetection 1.x (the SimCal authors' release) is read, not converted yet.\n\n"
+            "--from mmdet1: an mmdetection 1.x .pth, e.g. the SimCal authors' epoch_12.pth of\n"
+            "  mask_rcnn_r50_fpn_1x_lvis_clswise or _agnostic (r50, r50-ag). Checked: every weight's\n"
+            "  name and shape (heads with background first, class-specific or class-agnostic), a\n"
+            "  sigmoid RPN, the class count against --ann and, when the file lists them (meta\n"
+            "  CLASSES), the class names in category-id order; when the file carries its config:\n"
+            "  style='pytorch', ImageNet RGB normalisation, RoIAlign sample_num=2, anchors of scale 8\n"
+            "  at strides 4..64, standard box deltas. Carries: mmdetection 1.x's '+1' pixel convention\n"
+            "  (rounded anchors, box decoding, RPN, NMS and RoIAlign end, FPN levels by\n"
+            "  sqrt((w+1)(h+1)) from 56), its resize (int(x*s+0.5), one scale factor s, detections\n"
+            "  mapped to the original image by s before their NMS), score threshold 0 and mask pasting\n"
+            "  on integer boxes.\n"
+            "  --head SIMCAL_HEAD.pth --head-out HEAD.pth: also convert the release's calibrated head\n"
+            "  (3fc_ft.pth: feat_classifier.fc1/fc2/fc_classifier, or a simple2fc head:\n"
+            "  feat_extractor.fc1/fc2) into a head for 'simcal infer --head-ckpt HEAD.pth' with CKPT,\n"
+            "  which refuses it with any other detector. Checked: its names, its input width against\n"
+            "  the RoI features and its outputs against the classes. The release's dual head replaces\n"
+            "  the scores of classes with fewer than 100 train instances: 'simcal infer --mode sel\n"
+            "  --T 99'.\n\n"
             "Bad input: one sentence on stderr, exit code 2, nothing written."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -117,7 +137,7 @@ def _add_convert_parser(sub) -> None:
     c.add_argument("src", metavar="SRC", help="the source checkpoint")
     c.add_argument("--from", dest="source", choices=("detectron2", "mmdet", "mmdet1"), required=True,
                    help="the framework that wrote SRC: detectron2, mmdet (mmdetection v2/v3) or mmdet1 "
-                   "(not converted yet); see above")
+                   "(mmdetection 1.x, the SimCal release); see above")
     c.add_argument("--ann", required=True, metavar="TRAIN.json", help="the training annotations (LVIS/COCO json)")
     c.add_argument("--out", required=True, metavar="CKPT", help="the SimCal checkpoint to write")
     c.add_argument("--arch", choices=("r50_fpn",), default="r50_fpn", help="the architecture (default r50_fpn)")
@@ -127,8 +147,11 @@ def _add_convert_parser(sub) -> None:
                    help="test-time resize: shorter side to SHORT unless the longer passes MAX, as the source's "
                    "config sets it (detectron2 INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST, mmdetection's test Resize "
                    "scale; default %(default)s, both frameworks' LVIS setting)")
+    c.add_argument("--head", metavar="SIMCAL_HEAD.pth",
+                   help="--from mmdet1 only: the release's calibrated head file (3fc_ft.pth), converted too")
+    c.add_argument("--head-out", metavar="HEAD.pth", help="with --head: the SimCal head checkpoint to write")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> int:  # 'simcal convert' itself runs calibrate/cli.py's, with --head
         from simcal.detector.convert import main
 
         return main(args)

@@ -1,11 +1,17 @@
 """``simcal convert``: a detector trained in another framework -> a SimCal checkpoint every stage loads.
 
 Reads the source file (:mod:`simcal.detector.sources`), renames and re-indexes its weights
-(:mod:`simcal.detector.from_detectron2`, :mod:`simcal.detector.from_mmdet`), checks its classes
-against the training annotations (their count, and their names in category-id order when the file
-lists them), and writes a checkpoint whose builder keywords switch on the source framework's
-behaviour where torchvision's differs, so that extraction, online calibration and inference compute
-what the source computes (:data:`SOURCES`). ``--from mmdet1`` is read but not converted yet.
+(:mod:`simcal.detector.from_detectron2`, :mod:`simcal.detector.from_mmdet`,
+:mod:`simcal.detector.from_mmdet1`), checks its classes against the training annotations (their
+count, and their names in category-id order when the file lists them), and writes a checkpoint whose
+builder keywords switch on the source framework's behaviour where torchvision's differs, so that
+extraction, online calibration and inference compute what the source computes (:data:`SOURCES`).
+
+``--head`` (``--from mmdet1`` only) also converts the SimCal release's calibrated head into a head
+checkpoint bound to the converted detector. That format belongs to the calibrate stage, which this
+one may not import: :func:`main` takes the converter as an argument, and ``simcal convert`` is run
+with :func:`simcal.calibrate.import_head.convert_head` (calibrate/cli.py). The head is converted and
+checked before anything is written.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ DETECTRON2_BEHAVIOUR: dict[str, Any] = {"stride_in_1x1": True, "pixel_norm": "de
 MMDET_BEHAVIOUR: dict[str, Any] = {"anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
                                    "resize": "detectron2", "paste_masks": "detectron2"}
 
+#: mmdetection v1's (the SimCal release's) R50-FPN test behaviour: its "+1" pixel convention and one scale
+#: factor, as builder keywords (detector/builders.py): v1's rounded anchors at fixed strides, its box decoding,
+#: RPN, NMS and post-processing (detector/legacy_boxes.py), its RoIAlign and FPN levels (legacy_pooler.py), its
+#: resize and mask pasting (mmdet1_transform.py), and its test score threshold (``score_thr=0.0``, kept when
+#: ``> 0``). style='pytorch' ResNet and ImageNet RGB normalisation: torchvision's. Approximate only where
+#: those modules' docs say.
+MMDET1_BEHAVIOUR: dict[str, Any] = {"anchors": "mmdet1", "boxes": "mmdet1", "roi_align": "mmdet1",
+                                    "resize": "mmdet1", "paste_masks": "mmdet1", "box_score_thresh": 0.0}
+
 #: (torchvision state dict, K classes, class-agnostic, what was assumed about the source or None)
 Converted = tuple[dict, int, bool, Optional[str]]
 
@@ -52,11 +67,24 @@ def _mmdet(source) -> Converted:
     return (*to_torchvision(source.weights), assumed)
 
 
+def _mmdet1(source) -> Converted:
+    from simcal.detector.from_mmdet1 import to_torchvision
+    from simcal.detector.mmdet_config import check_config_v1
+
+    assumed = check_config_v1(source.meta.get("config"))
+    return (*to_torchvision(source.weights), assumed)
+
+
 #: --from -> (the file as read -> its weights in our layout, the source's test behaviour as builder keywords).
 SOURCES: dict[str, tuple[Callable[[Any], Converted], dict[str, Any]]] = {
     "detectron2": (_detectron2, DETECTRON2_BEHAVIOUR),
     "mmdet": (_mmdet, MMDET_BEHAVIOUR),
+    "mmdet1": (_mmdet1, MMDET1_BEHAVIOUR),
 }
+#: The sources whose releases come with a calibrated head (``--head``).
+HEAD_SOURCES = ("mmdet1",)
+#: ``(head file, converted detector checkpoint) -> head checkpoint``; one-sentence InputError for a bad head.
+HeadConverter = Callable[[Path, dict], dict]
 _FIX_SOURCE = "pass an R50-FPN Mask R-CNN checkpoint trained with the framework's standard settings"
 _FIX_ANN = "pass the annotation file the detector was trained on"
 
@@ -108,7 +136,31 @@ def _check_keys(src: Path, arch: str, weights: dict, model) -> None:
                               f"{arch} needs {tuple(t.shape)}", _FIX_SOURCE)
 
 
-def main(args: argparse.Namespace) -> int:
+def _check_head_args(args: argparse.Namespace, convert_head: Optional[HeadConverter]) -> None:
+    """--head and --head-out: together, only for a source with a released head, to a file of their own."""
+    from simcal.core.atomic import require_output
+    from simcal.core.errors import input_error
+
+    head, head_out = getattr(args, "head", None), getattr(args, "head_out", None)
+    if head is None and head_out is None:
+        return
+    if head is None or head_out is None:
+        given, missing = ("--head", "--head-out") if head is not None else ("--head-out", "--head")
+        raise input_error(None, f"{given} was given without {missing}",
+                          "pass --head SIMCAL_HEAD.pth --head-out HEAD.pth together")
+    if args.source not in HEAD_SOURCES:
+        raise input_error(None, f"--head takes the calibrated head of the SimCal authors' release, which comes with "
+                          f"--from mmdet1, not --from {args.source}",
+                          "calibrate a head for this detector with 'simcal extract' and 'simcal calibrate'")
+    if convert_head is None:
+        raise input_error(None, "--head needs the calibrate stage's head converter", "run it as 'simcal convert'")
+    if Path(head_out).resolve() == Path(args.out).resolve():
+        raise input_error(None, "--head-out and --out name the same file", "write the head to a file of its own")
+    require_output(head_out, "file", "--head-out", "head.pth")
+
+
+def main(args: argparse.Namespace, convert_head: Optional[HeadConverter] = None) -> int:
+    """Convert ``args.src``; with ``args.head``, also the release's head through ``convert_head`` (module doc)."""
     from simcal.core.atomic import require_output
     from simcal.core.errors import input_error
     from simcal.data.annotations import load_annotations
@@ -121,7 +173,8 @@ def main(args: argparse.Namespace) -> int:
     require_output(args.out, "file", "--out", "detector.pth")
     if args.source not in SOURCES:
         raise input_error(None, f"--from {args.source} is not converted yet (only {', '.join(SOURCES)} are)",
-                          "convert a detectron2 or mmdetection v2/v3 checkpoint, or train with 'simcal train'")
+                          "convert a detectron2 or mmdetection checkpoint, or train with 'simcal train'")
+    _check_head_args(args, convert_head)
     to_torchvision, behaviour = SOURCES[args.source]
     ann = load_annotations(args.ann)
     source = read_source(src, args.source)
@@ -146,7 +199,11 @@ def main(args: argparse.Namespace) -> int:
               **({"assumed": assumed} if assumed else {}),
               **{k: v for k, v in source.meta.items() if isinstance(v, (str, int, float, bool)) and k != "config"}}
     ck = make_checkpoint(model, args.arch, kw, ann.mapping, stats, ann.fingerprint, record, 0)
+    head = convert_head(Path(args.head), ck) if getattr(args, "head", None) else None
     save_checkpoint(ck, args.out)
     print(f"wrote {args.out}: {args.arch}, {num_classes} classes{' (class-agnostic)' if agnostic else ''}, "
           f"converted from {args.source}{f'; {assumed}' if assumed else ''}")
+    if head is not None:
+        save_checkpoint(head, args.head_out)
+        print(f"wrote {args.head_out}: a {head['head']} head for {args.out}, converted from {args.head}")
     return 0

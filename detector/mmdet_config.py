@@ -14,6 +14,11 @@ sampling_ratio=0``, anchors other than scale 8, ratios (0.5, 1, 2), strides 4..6
 box-delta means/stds other than mmdetection's defaults, and mmdetection 1.x's ``Legacy*`` conventions.
 Test-time thresholds (score, NMS, detections per image, image size) are not read: SimCal applies its
 LVIS settings to every detector.
+
+:func:`check_config_v1` does the same for an mmdetection 1.x config (the SimCal release's,
+``configs/simcal/calibration/mask_rcnn_r50_fpn_1x_lvis_{clswise,agnostic}.py``), whose keys differ:
+RoIAlign ``sample_num=2`` without ``aligned``, ``anchor_scales=[8]``, ``anchor_ratios``, ``anchor_strides``
+on the RPN head, ``target_means``/``target_stds`` on the RPN and box heads (:data:`RULES_V1`).
 """
 
 from __future__ import annotations
@@ -126,21 +131,69 @@ RULES: list[Callable[[dict], Optional[str]]] = [_caffe_style, _normalisation, _r
                                                  _legacy]
 
 
-def check_config(text: Any) -> Optional[str]:
+def _roi_align_v1(d: dict) -> Optional[str]:
+    if d.get("type") != "RoIAlign":
+        return None
+    ratio, aligned = d.get("sample_num", d.get("sampling_ratio", 2)), d.get("aligned", False)
+    if ratio == 2 and aligned is False:
+        return None
+    return f"RoIAlign with sample_num={ratio}{', aligned=True' if aligned is True else ''}"
+
+
+_ANCHORS_V1 = {"anchor_scales": (8.0,), "anchor_ratios": (0.5, 1.0, 2.0),
+               "anchor_strides": (4.0, 8.0, 16.0, 32.0, 64.0)}
+
+
+def _anchors_v1(d: dict) -> Optional[str]:
+    for key, want in _ANCHORS_V1.items():
+        if key in d and _numbers(d[key], len(want)) != want:
+            return f"anchors with {key}={d[key]!r}"
+    return f"anchors with anchor_base_sizes={d['anchor_base_sizes']!r}" if d.get("anchor_base_sizes") else None
+
+
+def _deltas_v1(d: dict) -> Optional[str]:
+    """v1 keeps target_means/stds in the head's own dict: (1, 1, 1, 1) for the RPN, (0.1, 0.1, 0.2, 0.2) after."""
+    kind = d.get("type")
+    if not isinstance(kind, str) or not ("target_stds" in d or "target_means" in d):
+        return None
+    want = _DELTA_STDS[0] if kind == "RPNHead" else _DELTA_STDS[1] if kind.endswith("BBoxHead") else None
+    if want is None:
+        return None
+    means, stds = d.get("target_means", (0, 0, 0, 0)), d.get("target_stds", want)
+    if _numbers(means, 4) == (0.0, 0.0, 0.0, 0.0) and _numbers(stds, 4) == want:
+        return None
+    return f"{kind} box deltas with target_means={means!r}, target_stds={stds!r}"
+
+
+#: The rules for an mmdetection 1.x config (``--from mmdet1``): its own RoIAlign, anchor and box-delta keys.
+RULES_V1: list[Callable[[dict], Optional[str]]] = [_caffe_style, _normalisation, _roi_align_v1, _anchors_v1,
+                                                    _deltas_v1]
+#: What a v1 file without a readable config is assumed to be, in words.
+ASSUMED_V1 = ("ResNet style='pytorch', ImageNet RGB normalisation, RoIAlign sample_num=2 and anchors of scale 8 at "
+              "strides 4..64 (the SimCal release's)")
+
+
+def check_config(text: Any, rules=RULES, assumed: str = ASSUMED, source: str = "mmdet") -> Optional[str]:
     """None when the config was read and every setting checked is reproduced; a phrase saying what was
     assumed when there is no readable config; ValueError naming the first setting that is not reproduced."""
     if not isinstance(text, str) or not text.strip():
-        return f"the file carries no config: {ASSUMED} assumed"
+        return f"the file carries no config: {assumed} assumed"
     try:
         dicts = config_dicts(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-        return f"its config is not Python source that could be read: {ASSUMED} assumed"
-    for rule in RULES:
+        return f"its config is not Python source that could be read: {assumed} assumed"
+    for rule in rules:
         for d in dicts:
             found = rule(d)
             if found:
-                raise ValueError(f"has a config that asks for {found}, which --from mmdet does not reproduce")
+                raise ValueError(f"has a config that asks for {found}, which --from {source} does not reproduce")
     return None
 
 
-__all__ = ["ASSUMED", "IMAGENET_MEAN", "IMAGENET_STD", "RULES", "check_config", "config_dicts"]
+def check_config_v1(text: Any) -> Optional[str]:
+    """:func:`check_config` for an mmdetection 1.x config (``meta['config']``, mmcv's ``Config.text``)."""
+    return check_config(text, RULES_V1, ASSUMED_V1, "mmdet1")
+
+
+__all__ = ["ASSUMED", "ASSUMED_V1", "IMAGENET_MEAN", "IMAGENET_STD", "RULES", "RULES_V1", "check_config",
+           "check_config_v1", "config_dicts"]

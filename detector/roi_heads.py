@@ -37,6 +37,11 @@ class LongTailRoIHeads(RoIHeads):
     #: ``detector_postprocess`` does (``Boxes.nonempty()``); set with ``min_box_size=None`` by the builder.
     drop_empty: bool = False
 
+    #: ``"mmdet1"``: detections decoded, clipped, rescaled and NMS'd as mmdetection v1 does
+    #: (:func:`simcal.detector.legacy_boxes.postprocess_mmdet1`; ``build(..., boxes="mmdet1")``), its scale factor
+    #: read from the image sizes the transform returns; ``"torchvision"``: torchvision's post-processing.
+    box_convention: str = "torchvision"
+
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
         self._sampled_labels = out[2]
@@ -98,7 +103,15 @@ class LongTailRoIHeads(RoIHeads):
             self._tap = None
         return out
 
+    def _scores(self, class_logits):
+        """(R, C+1) class probabilities: the softmax, or ``score_fn`` on the logits and the tap."""
+        if self.score_fn is None:
+            return torch.nn.functional.softmax(class_logits, -1)
+        return self.score_fn(class_logits, self._tap.flatten(start_dim=1))
+
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        if self.box_convention == "mmdet1":
+            return self._postprocess_mmdet1(class_logits, box_regression, proposals, image_shapes)
         if self.score_fn is None and self.min_box_size == 1e-2 and not self.drop_empty:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn and the
@@ -107,10 +120,7 @@ class LongTailRoIHeads(RoIHeads):
         num_classes = class_logits.shape[-1]
         boxes_per_image = [b.shape[0] for b in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals)
-        if self.score_fn is None:
-            pred_scores = torch.nn.functional.softmax(class_logits, -1)
-        else:
-            pred_scores = self.score_fn(class_logits, self._tap.flatten(start_dim=1))
+        pred_scores = self._scores(class_logits)
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0),
                                               pred_scores.split(boxes_per_image, 0), image_shapes):
@@ -130,6 +140,20 @@ class LongTailRoIHeads(RoIHeads):
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
         return all_boxes, all_scores, all_labels
+
+    def _postprocess_mmdet1(self, class_logits, box_regression, proposals, image_shapes):
+        """mmdetection v1's detections per image: boxes in the resized image, as torchvision's RoIHeads returns
+        them (a plain (h, w) image size is taken as scale factor 1)."""
+        from simcal.detector.legacy_boxes import postprocess_mmdet1
+
+        boxes_per_image = [len(p) for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)
+        pred_scores = self._scores(class_logits)
+        out = [postprocess_mmdet1(boxes, scores, shape, getattr(shape, "scale", 1.0), self.score_thresh,
+                                  self.nms_thresh, self.detections_per_img)
+               for boxes, scores, shape in zip(pred_boxes.split(boxes_per_image, 0),
+                                               pred_scores.split(boxes_per_image, 0), image_shapes)]
+        return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 
 
 def use_long_tail_roi_heads(model: torch.nn.Module) -> LongTailRoIHeads:

@@ -1,5 +1,7 @@
 """Detector builders (tiny, r50_fpn, class-agnostic), the loss hook, checkpoints."""
 
+import re
+
 import pytest
 import torch
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -296,3 +298,34 @@ def test_grid_paste_samples_the_mask_at_pixel_centres_inside_the_box():
     full = paste_masks_grid(torch.ones(1, 1, 28, 28), torch.tensor([[2.0, 1.0, 10.0, 5.0]]), (8, 12))[0, 0]
     assert torch.equal(full[1:5, 2:10] >= 0.5, torch.ones(4, 8, dtype=torch.bool))
     assert not (full[5:] >= 0.5).any() and not (full[:, 10:] >= 0.5).any()
+
+
+def test_mmdetection_v1_switches_build_their_modules_and_run():
+    """mmdetection v1's switches (a converted release's builder keywords) put v1's modules where every stage reaches
+    them; detections come back in the original image (one scale factor), masks pasted there."""
+    torch.manual_seed(0)
+    kw = {"anchors": "mmdet1", "boxes": "mmdet1", "roi_align": "mmdet1", "resize": "mmdet1", "paste_masks": "mmdet1",
+          "box_score_thresh": 0.0, "min_size": 64, "max_size": 96, "rpn_post_nms_top_n_test": 40,
+          "box_detections_per_img": 4}
+    model = build("r50_fpn", 3, **kw).eval()
+    assert [type(m).__name__ for m in (model.rpn, model.rpn.anchor_generator, model.roi_heads.box_roi_pool,
+                                       model.roi_heads.mask_roi_pool, model.roi_heads.box_coder, model.transform)] == \
+        ["Mmdet1RPN", "Mmdet1AnchorGenerator", "Mmdet1MultiScaleRoIAlign", "Mmdet1MultiScaleRoIAlign",
+         "Mmdet1BoxCoder", "Mmdet1Transform"]
+    assert model.roi_heads.box_convention == "mmdet1" and model.roi_heads.score_thresh == 0.0
+    with torch.no_grad():
+        out = model([torch.rand(3, 48, 40)])[0]
+    assert len(out["boxes"]) == 4 and out["masks"].shape == (4, 1, 48, 40)
+    assert out["boxes"][:, 2].max() <= 40 and out["boxes"][:, 3].max() <= 48  # v1's W - 1, plus one: ours
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"boxes": "mmdet1"}, "boxes='mmdet1' and resize='mmdet1' go together"),
+    ({"resize": "mmdet1"}, "boxes='mmdet1' and resize='mmdet1' go together"),
+    ({"paste_masks": "mmdet1"}, "paste_masks='mmdet1' needs resize='mmdet1'"),
+    ({"boxes": "mmdet1", "resize": "mmdet1", "small_boxes": "detectron2"}, "keeps every box"),
+    ({"boxes": "mmdet2"}, "unknown boxes 'mmdet2'; choose from torchvision, mmdet1"),
+])
+def test_mmdetection_v1_switches_that_only_work_together(kw, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        build("tiny", 3, **kw)
