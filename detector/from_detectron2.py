@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-Rule = tuple[re.Pattern, Callable[[re.Match], str]]
+from simcal.detector.key_renames import Rule, rename_keys
 
 
 def _rule(pattern: str, to: str | Callable[[re.Match], str]) -> Rule:
@@ -75,17 +75,9 @@ MASK = "roi_heads.mask_predictor.mask_fcn_logits"
 
 def rename(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """detectron2 names -> torchvision names; ValueError naming a key no R50-FPN Mask R-CNN has."""
-    out = {}
-    for key, value in weights.items():
-        if IGNORED.match(key):
-            continue
-        for pattern, to in RENAMES:
-            m = pattern.match(key)
-            if m:
-                out[to(m)] = value
-                break
-        else:
-            raise ValueError(f"has the weight {key!r}, which no detectron2 R50-FPN Mask R-CNN has")
+    out, unknown = rename_keys(weights, RENAMES, IGNORED)
+    if unknown:
+        raise ValueError(f"has the weight {unknown[0]!r}, which no detectron2 R50-FPN Mask R-CNN has")
     return out
 
 

@@ -57,28 +57,36 @@ import re
 import torch
 
 from simcal.detector.from_detectron2 import background_first
+from simcal.detector.key_renames import Rule, check_sigmoid_rpn, first_keys, rename_keys
 
 _BN = r"(?:weight|bias|running_mean|running_var)"
 _WB = r"(?P<p>weight|bias)"
 
-#: mmdetection name (regex) -> torchvision name (``re.Match.expand`` template); the first rule that matches renames.
-RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(p), to) for p, to in [
-    (rf"^backbone\.(?P<rest>conv1\.weight|bn1\.{_BN})$", r"backbone.body.\g<rest>"),
-    (rf"^backbone\.(?P<rest>layer[1-4]\.\d+\.(?:conv[123]\.weight|bn[123]\.{_BN}|downsample\.0\.weight"
-     rf"|downsample\.1\.{_BN}))$", r"backbone.body.\g<rest>"),
-    (rf"^neck\.lateral_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.inner_blocks.\g<i>.0.\g<p>"),
-    (rf"^neck\.fpn_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.layer_blocks.\g<i>.0.\g<p>"),
-    (rf"^rpn_head\.rpn_conv\.{_WB}$", r"rpn.head.conv.0.0.\g<p>"),
-    (rf"^rpn_head\.rpn_cls\.{_WB}$", r"rpn.head.cls_logits.\g<p>"),
-    (rf"^rpn_head\.rpn_reg\.{_WB}$", r"rpn.head.bbox_pred.\g<p>"),
-    (rf"^roi_head\.bbox_head\.shared_fcs\.0\.{_WB}$", r"roi_heads.box_head.fc6.\g<p>"),
-    (rf"^roi_head\.bbox_head\.shared_fcs\.1\.{_WB}$", r"roi_heads.box_head.fc7.\g<p>"),
-    (rf"^roi_head\.bbox_head\.fc_cls\.{_WB}$", r"roi_heads.box_predictor.cls_score.\g<p>"),
-    (rf"^roi_head\.bbox_head\.fc_reg\.{_WB}$", r"roi_heads.box_predictor.bbox_pred.\g<p>"),
-    (rf"^roi_head\.mask_head\.convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"roi_heads.mask_head.\g<i>.0.\g<p>"),
-    (rf"^roi_head\.mask_head\.upsample\.{_WB}$", r"roi_heads.mask_predictor.conv5_mask.\g<p>"),
-    (rf"^roi_head\.mask_head\.conv_logits\.{_WB}$", r"roi_heads.mask_predictor.mask_fcn_logits.\g<p>"),
-]]
+
+def mmdet_rules(heads: str) -> list[Rule]:
+    """mmdetection name (regex) -> torchvision name (``re.Match.expand`` template); the first rule that matches
+    renames. ``heads`` (a regex) prefixes the RoI heads' names: ``roi_head\\.`` in v2/v3, empty in v1 (whose detector
+    holds ``bbox_head`` and ``mask_head`` itself)."""
+    return [(re.compile(p), to) for p, to in [
+        (rf"^backbone\.(?P<rest>conv1\.weight|bn1\.{_BN})$", r"backbone.body.\g<rest>"),
+        (rf"^backbone\.(?P<rest>layer[1-4]\.\d+\.(?:conv[123]\.weight|bn[123]\.{_BN}|downsample\.0\.weight"
+         rf"|downsample\.1\.{_BN}))$", r"backbone.body.\g<rest>"),
+        (rf"^neck\.lateral_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.inner_blocks.\g<i>.0.\g<p>"),
+        (rf"^neck\.fpn_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.layer_blocks.\g<i>.0.\g<p>"),
+        (rf"^rpn_head\.rpn_conv\.{_WB}$", r"rpn.head.conv.0.0.\g<p>"),
+        (rf"^rpn_head\.rpn_cls\.{_WB}$", r"rpn.head.cls_logits.\g<p>"),
+        (rf"^rpn_head\.rpn_reg\.{_WB}$", r"rpn.head.bbox_pred.\g<p>"),
+        (rf"^{heads}bbox_head\.shared_fcs\.0\.{_WB}$", r"roi_heads.box_head.fc6.\g<p>"),
+        (rf"^{heads}bbox_head\.shared_fcs\.1\.{_WB}$", r"roi_heads.box_head.fc7.\g<p>"),
+        (rf"^{heads}bbox_head\.fc_cls\.{_WB}$", r"roi_heads.box_predictor.cls_score.\g<p>"),
+        (rf"^{heads}bbox_head\.fc_reg\.{_WB}$", r"roi_heads.box_predictor.bbox_pred.\g<p>"),
+        (rf"^{heads}mask_head\.convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"roi_heads.mask_head.\g<i>.0.\g<p>"),
+        (rf"^{heads}mask_head\.upsample\.{_WB}$", r"roi_heads.mask_predictor.conv5_mask.\g<p>"),
+        (rf"^{heads}mask_head\.conv_logits\.{_WB}$", r"roi_heads.mask_predictor.mask_fcn_logits.\g<p>"),
+    ]]
+
+
+RENAMES = mmdet_rules(r"roi_head\.")
 #: BatchNorm update counters: bookkeeping, not weights.
 IGNORED = re.compile(r"^backbone\..*\.num_batches_tracked$")
 
@@ -88,45 +96,25 @@ RPN_CLS = "rpn_head.rpn_cls.weight"
 HEADS = (RPN_CLS, CLS, "roi_head.bbox_head.fc_cls.bias", "roi_head.bbox_head.fc_reg.weight",
          "roi_head.bbox_head.fc_reg.bias", "roi_head.mask_head.conv_logits.weight",
          "roi_head.mask_head.conv_logits.bias")
-ANCHORS = 3  # per position: ratios 0.5, 1, 2 at one scale
 
 
 def rename(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """mmdetection names -> torchvision names; ValueError naming the first keys no R50-FPN Mask R-CNN has."""
-    out, unknown = {}, []
-    for key, value in weights.items():
-        if IGNORED.match(key):
-            continue
-        for pattern, to in RENAMES:
-            m = pattern.match(key)
-            if m:
-                out[m.expand(to)] = value
-                break
-        else:
-            unknown.append(key)
+    out, unknown = rename_keys(weights, RENAMES, IGNORED)
     if unknown:
-        raise ValueError(f"has {len(unknown)} weight(s) no mmdetection R50-FPN Mask R-CNN has: {_first(unknown)}")
+        raise ValueError(f"has {len(unknown)} weight(s) no mmdetection R50-FPN Mask R-CNN has: {first_keys(unknown)}")
     return out
-
-
-def _first(keys: list[str], n: int = 3) -> str:
-    return ", ".join(repr(k) for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _check_heads(weights: dict[str, torch.Tensor]) -> int:
     """K from the classifier's K + 1 rows, after refusing the heads whose scores ours cannot reproduce."""
     missing = [k for k in HEADS if k not in weights]
     if missing:
-        raise ValueError(f"has no {_first(missing)} (not an mmdetection Mask R-CNN?)")
+        raise ValueError(f"has no {first_keys(missing)} (not an mmdetection Mask R-CNN?)")
     flat = [k for k in HEADS if weights[k].dim() == 0]
     if flat:
         raise ValueError(f"has a scalar where {flat[0]!r} needs one row per output")
-    rpn = int(weights[RPN_CLS].shape[0])
-    if rpn != ANCHORS:
-        kind = "a softmax RPN (use_sigmoid=False, 2 scores per anchor)" if rpn == 2 * ANCHORS else \
-            f"an RPN of {rpn} scores per position"
-        raise ValueError(f"has {kind}, which is not supported: SimCal's RPN scores each of the {ANCHORS} anchors "
-                         "of a position with one sigmoid logit (mmdetection's default, use_sigmoid=True)")
+    check_sigmoid_rpn(weights, RPN_CLS, "mmdetection's default")
     rows, reg = int(weights[CLS].shape[0]), int(weights["roi_head.bbox_head.fc_reg.weight"].shape[0])
     if reg != 4 and rows == reg // 4 + 2:
         raise ValueError(f"has a classifier of {rows} outputs for {rows - 2} classes (a Seesaw-style loss with "

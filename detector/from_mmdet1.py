@@ -32,62 +32,27 @@ legacy anchors, RoIAlign and mask pasting) is ``convert.MMDET1_BEHAVIOUR``; see
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-_BN = r"(?:weight|bias|running_mean|running_var)"
-_WB = r"(?P<p>weight|bias)"
+from simcal.detector.from_mmdet import IGNORED, mmdet_rules
+from simcal.detector.key_renames import check_sigmoid_rpn, first_keys, rename_keys
 
-#: mmdetection v1 name (regex) -> torchvision name (``re.Match.expand`` template); the first rule that matches.
-RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(p), to) for p, to in [
-    (rf"^backbone\.(?P<rest>conv1\.weight|bn1\.{_BN})$", r"backbone.body.\g<rest>"),
-    (rf"^backbone\.(?P<rest>layer[1-4]\.\d+\.(?:conv[123]\.weight|bn[123]\.{_BN}|downsample\.0\.weight"
-     rf"|downsample\.1\.{_BN}))$", r"backbone.body.\g<rest>"),
-    (rf"^neck\.lateral_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.inner_blocks.\g<i>.0.\g<p>"),
-    (rf"^neck\.fpn_convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"backbone.fpn.layer_blocks.\g<i>.0.\g<p>"),
-    (rf"^rpn_head\.rpn_conv\.{_WB}$", r"rpn.head.conv.0.0.\g<p>"),
-    (rf"^rpn_head\.rpn_cls\.{_WB}$", r"rpn.head.cls_logits.\g<p>"),
-    (rf"^rpn_head\.rpn_reg\.{_WB}$", r"rpn.head.bbox_pred.\g<p>"),
-    (rf"^bbox_head\.shared_fcs\.0\.{_WB}$", r"roi_heads.box_head.fc6.\g<p>"),
-    (rf"^bbox_head\.shared_fcs\.1\.{_WB}$", r"roi_heads.box_head.fc7.\g<p>"),
-    (rf"^bbox_head\.fc_cls\.{_WB}$", r"roi_heads.box_predictor.cls_score.\g<p>"),
-    (rf"^bbox_head\.fc_reg\.{_WB}$", r"roi_heads.box_predictor.bbox_pred.\g<p>"),
-    (rf"^mask_head\.convs\.(?P<i>[0-3])\.conv\.{_WB}$", r"roi_heads.mask_head.\g<i>.0.\g<p>"),
-    (rf"^mask_head\.upsample\.{_WB}$", r"roi_heads.mask_predictor.conv5_mask.\g<p>"),
-    (rf"^mask_head\.conv_logits\.{_WB}$", r"roi_heads.mask_predictor.mask_fcn_logits.\g<p>"),
-]]
-#: BatchNorm update counters: bookkeeping, not weights.
-IGNORED = re.compile(r"^backbone\..*\.num_batches_tracked$")
+#: mmdetection v1 name -> torchvision name: v2's rules with the RoI heads at the top level (no ``roi_head.``).
+RENAMES = mmdet_rules("")
 
 CLS, REG, MASK, RPN_CLS = ("bbox_head.fc_cls", "bbox_head.fc_reg", "mask_head.conv_logits", "rpn_head.rpn_cls")
 #: The weights whose first dimension says what the heads score (v1 names).
 HEADS = tuple(f"{m}.{p}" for m in (RPN_CLS, CLS, REG, MASK) for p in ("weight", "bias"))
-ANCHORS = 3  # per position: ratios 0.5, 1, 2 at scale 8
-
-
-def _first(keys: list[str], n: int = 3) -> str:
-    return ", ".join(repr(k) for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def rename(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """mmdetection v1 names -> torchvision names; ValueError naming the first keys no R50-FPN Mask R-CNN has."""
-    out, unknown = {}, []
-    for key, value in weights.items():
-        if IGNORED.match(key):
-            continue
-        for pattern, to in RENAMES:
-            m = pattern.match(key)
-            if m:
-                out[m.expand(to)] = value
-                break
-        else:
-            unknown.append(key)
+    out, unknown = rename_keys(weights, RENAMES, IGNORED)
     if unknown:
         hint = " (an mmdetection 2 checkpoint: use --from mmdet)" if any(k.startswith("roi_head.") for k in unknown) \
             else ""
         raise ValueError(f"has {len(unknown)} weight(s) no mmdetection 1.x R50-FPN Mask R-CNN has{hint}: "
-                         f"{_first(unknown)}")
+                         f"{first_keys(unknown)}")
     return out
 
 
@@ -95,16 +60,11 @@ def check_heads(weights: dict[str, torch.Tensor]) -> tuple[int, bool]:
     """(K, class-agnostic) from the heads' first dimensions (v1 names), or ValueError for heads ours cannot run."""
     missing = [k for k in HEADS if k not in weights]
     if missing:
-        raise ValueError(f"has no {_first(missing)} (not an mmdetection 1.x Mask R-CNN?)")
+        raise ValueError(f"has no {first_keys(missing)} (not an mmdetection 1.x Mask R-CNN?)")
     flat = [k for k in HEADS if weights[k].dim() == 0]
     if flat:
         raise ValueError(f"has a scalar where {flat[0]!r} needs one row per output")
-    rpn = int(weights[f"{RPN_CLS}.weight"].shape[0])
-    if rpn != ANCHORS:
-        kind = "a softmax RPN (use_sigmoid=False, 2 scores per anchor)" if rpn == 2 * ANCHORS else \
-            f"an RPN of {rpn} scores per position"
-        raise ValueError(f"has {kind}, which is not supported: SimCal's RPN scores each of the {ANCHORS} anchors "
-                         "of a position with one sigmoid logit (the release's use_sigmoid=True)")
+    check_sigmoid_rpn(weights, f"{RPN_CLS}.weight", "the release's")
     rows = int(weights[f"{CLS}.weight"].shape[0])
     if rows < 2:
         raise ValueError(f"has a classifier of {rows} output(s), not one per class plus background")

@@ -2,7 +2,8 @@
 
 The v1 state dict is written here from our model's names and shapes by the inverse mapping, spelled out from
 the release's module layout (``two_stage_calibration.py``: backbone, neck, rpn_head, bbox_head, mask_head as
-top-level attributes, no ``roi_head.``) independently of the module under test: the ResNet keeps torchvision's
+top-level attributes, no ``roi_head.``; otherwise mmdetection 2's names, test_from_mmdet.py) independently of the
+module under test: the ResNet keeps torchvision's
 names under ``backbone.`` with BatchNorm counters, the FPN's and mask head's ConvModules hold ``.conv``,
 RPNHead has rpn_conv/rpn_cls/rpn_reg, SharedFCBBoxHead shared_fcs/fc_cls/fc_reg, FCNMaskHead
 convs/upsample/conv_logits -- and v1 counts the background in ``num_classes`` (1231 for LVIS): K + 1 rows in
@@ -12,7 +13,6 @@ fc_cls, 4(K + 1) in a class-specific fc_reg, K + 1 channels in conv_logits, back
 from __future__ import annotations
 
 import functools
-import re
 
 import pytest
 import torch
@@ -20,14 +20,11 @@ import torch
 from simcal.detector.builders import build
 from simcal.detector.convert import MMDET1_BEHAVIOUR
 from simcal.detector.from_mmdet1 import to_torchvision
+from tests.detector.test_from_mmdet import mmdet_name
 
 K = 5
 BOX, MASK, CLS = ("roi_heads.box_predictor.bbox_pred", "roi_heads.mask_predictor.mask_fcn_logits",
                   "roi_heads.box_predictor.cls_score")
-_MODULES = {"rpn.head.conv.0.0": "rpn_head.rpn_conv", "rpn.head.cls_logits": "rpn_head.rpn_cls",
-            "rpn.head.bbox_pred": "rpn_head.rpn_reg", "roi_heads.box_head.fc6": "bbox_head.shared_fcs.0",
-            "roi_heads.box_head.fc7": "bbox_head.shared_fcs.1", CLS: "bbox_head.fc_cls", BOX: "bbox_head.fc_reg",
-            "roi_heads.mask_predictor.conv5_mask": "mask_head.upsample", MASK: "mask_head.conv_logits"}
 
 
 def ours(agnostic: bool = False) -> torch.nn.Module:
@@ -37,16 +34,8 @@ def ours(agnostic: bool = False) -> torch.nn.Module:
 
 
 def v1_name(ours_name: str) -> str:
-    if ours_name.startswith("backbone.body."):
-        return "backbone." + ours_name[len("backbone.body."):]
-    m = re.fullmatch(r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.0\.(\w+)", ours_name)
-    if m:
-        return f"neck.{'lateral' if m[1] == 'inner' else 'fpn'}_convs.{m[2]}.conv.{m[3]}"
-    m = re.fullmatch(r"roi_heads\.mask_head\.(\d)\.0\.(\w+)", ours_name)
-    if m:
-        return f"mask_head.convs.{m[1]}.conv.{m[2]}"
-    module, p = ours_name.rsplit(".", 1)
-    return f"{_MODULES[module]}.{p}"
+    """Our name -> v1's: mmdetection 2's (written independently in test_from_mmdet.py) without ``roi_head.``."""
+    return mmdet_name(ours_name).removeprefix("roi_head.")
 
 
 def v1_shape(ours_name: str, shape, k: int, agnostic: bool) -> tuple:
