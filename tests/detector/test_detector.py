@@ -237,27 +237,6 @@ def test_detectron2_roi_align_pools_each_level_with_aligned_true():
     assert not torch.allclose(got, legacy)  # torchvision's own pooler is not aligned
 
 
-def test_source_framework_switches_survive_a_checkpoint_and_run(tmp_path):
-    """The source-framework switches are builder keywords: the checkpoint rebuilds the same model."""
-    torch.manual_seed(0)
-    kw = {"stride_in_1x1": True, "anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
-          "resize": "detectron2", "paste_masks": "detectron2", "min_size": 64, "max_size": 64}
-    model = build("r50_fpn", 3, **kw)
-    mapping = CategoryMapping((4, 8, 15), ("a", "b", "c"))
-    stats = [{"id": i, "name": n, "instance_count": 3, "image_count": 2, "frequency": "r"}
-             for i, n in ((4, "a"), (8, "b"), (15, "c"))]
-    path = save_checkpoint(make_checkpoint(model, "r50_fpn", kw, mapping, stats, "sha256:x", {}, 0), tmp_path / "c.pth")
-    loaded, ck = load_checkpoint(path)
-    assert ck["builder_kwargs"] == kw and loaded.backbone.body.layer2[0].conv1.stride == (2, 2)
-    assert type(loaded.rpn.anchor_generator).__name__ == "FixedStrideAnchorGenerator"
-    assert type(loaded.transform).__name__ == "Detectron2Transform" and loaded.roi_heads.min_box_size is None
-    assert loaded.transform.round_size and loaded.transform.grid_paste
-    x = [torch.rand(3, 64, 64)]
-    with torch.no_grad():
-        a, b = model.eval()(x)[0], loaded.eval()(x)[0]
-    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
-
-
 @pytest.mark.parametrize("small_boxes, kept", [("torchvision", 1), ("detectron2", 2)])
 def test_small_boxes_switch_keeps_what_detectron2_keeps(small_boxes, kept):
     """torchvision drops detections under 1e-2 px before NMS; detectron2 keeps them."""
