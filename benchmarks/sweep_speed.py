@@ -18,7 +18,8 @@ comes first. Features: ``--cache`` (a cache from ``simcal extract``, read as ``-
 default an in-memory synthetic cache of the tap's sizes (simcal/calibrate/memory_cache.py): ``tiny``
 3136-d features, hidden 256, 42 classes (the demo's detector); ``r50`` 12544-d, hidden 1024, 1230
 classes (LVIS). The batched heads are checked against the sequential ones (max abs weight
-difference). The last line is a JSON object with the rates, their ratios and that difference.
+difference). The last line is a JSON object with the rates, their ratios and that difference, and where a
+batched step's time goes (torch.profiler: the top ops' share of self time, over a 20-step group run).
 """
 
 from __future__ import annotations
@@ -122,6 +123,25 @@ def _bounds(cache, cfgs, device, batches, steps: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def _profile(cache, cfgs, device, reader, index, top: int = 8) -> dict[str, float]:
+    """Where a batched step's time goes: torch.profiler over a short group run, the ``top`` ops by self time, as
+    percentages of the profiled self time (the rest summed under ``other``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from simcal.calibrate.batched import train_group
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_group(cache, cfgs, device, reader, index)
+    events = [(e.key, e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total)
+              for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1.0
+    events.sort(key=lambda kv: -kv[1])
+    out = {k: round(100 * t / total, 1) for k, t in events[:top]}
+    out["other"] = round(100 - sum(out.values()), 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tap", choices=("tiny", "r50"), default="tiny", help="synthetic feature sizes (default tiny)")
@@ -148,6 +168,8 @@ def main() -> None:
     batches = [produce()[1:] for _ in range(min(16, steps))]
     bound_heads_s, bound_stacked_s = _bounds(cache, cfgs, device, batches, steps)
 
+    profile_pct = _profile(cache, _configs(args.heads, min(steps, 20)), device, reader, index)
+
     diff = max((a.double() - b.double()).abs().max().item() for h, g in zip(seq_heads, bat_heads)
                for a, b in zip(h.state_dict().values(), g.state_dict().values()))
     head_steps = len(cfgs) * steps
@@ -172,6 +194,7 @@ def main() -> None:
         "source": what,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "profile_batched_self_time_pct": profile_pct,
     }
     print(f"{len(cfgs)} heads x {steps} steps ({what}, {out['rows_per_batch']} rows a batch): batched "
           f"{out['head_steps_per_s_batched']} head-steps/s, sequential {out['head_steps_per_s_sequential']} "

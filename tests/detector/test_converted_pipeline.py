@@ -11,6 +11,7 @@ import pickle
 
 import torch
 
+from simcal.detector.convert import DETECTRON2_BEHAVIOUR
 from tools.reference_inputs import detectron2_weights
 
 
@@ -24,7 +25,12 @@ def test_converted_detectron2_detector_runs_the_pipeline(cli, tmp_path, quick_be
     r = cli("convert", "--from", "detectron2", src, "--ann", train_ann, "--out", det, "--test-size", "128", "128")
     assert r.returncode == 0, r.stderr
     assert cli("extract", "--checkpoint", det, *few_val, "--out", cache).returncode == 0
-    fingerprint = torch.load(det, map_location="cpu", weights_only=True)["detector_fingerprint"]
+    ck = torch.load(det, map_location="cpu", weights_only=True)
+    assert ck["arch"] == "r50_fpn" and ck["train_args"]["source_framework"] == "detectron2"
+    assert ck["builder_kwargs"] == {"class_agnostic": False, **DETECTRON2_BEHAVIOUR, "min_size": 128, "max_size": 128}
+    ids = [c["id"] for c in json.loads(train_ann.read_text())["categories"]]
+    assert [c["id"] for c in ck["category_stats"]] == sorted(ids)
+    fingerprint = ck["detector_fingerprint"]
     info = cli("cache", "info", cache)
     assert info.returncode == 0 and fingerprint[:19] in info.stdout, info.stdout
     r = cli("calibrate", "--cache", cache, "--head", "3fc_ft", "--steps", "3", "--out", head)
