@@ -21,6 +21,18 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def _render(records):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.render_scale import render_scale
+
+    return render_scale(records)
+
+
+def _record(name, figures):
+    return {"benchmark": name, "command": "cmd", "commit": "abc", "date": "2026-01-01", "machine": "m",
+            "figures": figures}
+
+
 @pytest.mark.slow
 def test_lvis_scale_quick(tmp_path):
     out = tmp_path / "scale"
@@ -39,6 +51,16 @@ def test_lvis_scale_quick(tmp_path):
     assert acc["3fc_ft_ce"]["fg_acc"] > 20 * chance and acc["3fc_ft_ce"]["bg_acc"] > 0.5
     assert fig["int8_rows"] == fig["rows"]  # int8 holds the same rows
     assert sorted(p.name for p in out.iterdir()) == []  # everything it wrote is gone
+    # named as a full run's record, it fills the scale page's tables and every CPU estimate
+    page = _render([_record("lvis_scale_v1", fig)])
+    assert "## Measured: LVIS v1 simulation" in page and "Record `lvis_scale_v1`" in page and "| 0.05 GB |" in page
+    cost = page[page.index("## Cost model"):]
+    for row in ("| cache GB, float16", "| calibration min / 10k steps, CPU, RAM", "| `cache verify`, minutes",
+                "| sweep of"):
+        line = next(x for x in cost.splitlines() if x.startswith(row))
+        assert "not measured yet" not in line, line
+    gpu = next(x for x in cost.splitlines() if x.startswith("| extract hours"))
+    assert "not measured yet (`E_gpu`)" in gpu  # the GPU figure has no record
 
 
 @pytest.mark.slow
@@ -52,3 +74,13 @@ def test_eval_speed_lvis_scale_quick(tmp_path):
     assert fig["max_metric_diff"] <= 1e-4 and fig["targets"]["holds"]["max_metric_diff"]
     for k in ("fast_s", "lvis_s", "fast_peak_rss_mb", "lvis_peak_rss_mb", "ratio", "rss_ratio"):
         assert fig[k] > 0, k
+
+
+def test_scale_page_without_records_invents_nothing():
+    page = _render([])
+    assert page == _render([])  # the same bytes every time
+    assert page.count("Not measured yet: run `") == 3
+    cost = page[page.index("## Cost model"):]
+    for line in cost.splitlines():
+        if line.startswith("| ") and "`" in line and not line.startswith(("| train images", "| cached rows")):
+            assert "not measured yet" in line or line.startswith("| name"), line  # no figure without its record
