@@ -111,7 +111,7 @@ class Runner:
 
         head = work / f"{name}.pth"
         dt, rss, _ = self.child(name, [self.py, "-m", "simcal", "calibrate", "--cache", cache, "--head", "3fc_ft",
-                                       "--steps", steps, "--preload", preload, "--device", "cpu", "--seed",
+                                       "--steps", steps, "--preload", preload, "--device", self.args.device, "--seed",
                                        self.args.seed, "--out", head])
         info = torch.load(head, map_location="cpu", weights_only=True)["train_info"]
         return {"steps_s": round(info["steps_per_s"], 3), "peak_rss_mb": round(rss, 1), "wall_s": round(dt, 2)}
@@ -119,9 +119,10 @@ class Runner:
     def sweep(self, cache: Path, val: Path, work: Path, steps: int) -> dict:
         grid = work / "grid.json"
         grid.write_text(json.dumps([{**g, "steps": [steps]} for g in SWEEP]))
+        a = self.args
         dt, rss, _ = self.child("sweep6", [self.py, "-m", "simcal", "calibrate", "--cache", cache, "--sweep", grid,
-                                           "--eval-cache", val, "--preload", "none", "--device", "cpu", "--seed",
-                                           self.args.seed, "--out", work / "sweep"])
+                                           "--eval-cache", val, "--preload", "none", "--device", a.device, "--seed",
+                                           a.seed, "--out", work / "sweep"])
         rows = json.loads((work / "sweep" / "results.json").read_text())
         acc = {f"{r['head']}_{r['loss']}": {k: round(r[k], 4) for k in ("fg_acc", "bg_acc", "acc_bin1", "acc_bin2",
                                                                           "acc_bin3", "acc_bin4")} for r in rows}
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ram-gb", type=float, help="judge what fits in memory against this many GB (default: this "
                    "machine's RAM; a smaller value exercises the larger-than-memory paths on a small run)")
     p.add_argument("--threads", type=int, help="torch threads of each child (default: torch's own; --quick 1)")
+    p.add_argument("--device", default="cpu", help="where calibration runs (default cpu; cuda on a GPU node)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.dtype == "int8":
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     rpi = rows_per_image(a.version)
     t = table(cats)
     out = {"version": a.version, "classes": len(cats), "dim": a.dim, "dtype": a.dtype, "quick": a.quick,
-           "threads": a.threads or os.cpu_count(),
+           "threads": a.threads or os.cpu_count(), "device": a.device,
            **{k: first[k] for k in first if k not in ("cold_store",)},
            "chance_fg_acc": round(1 / len(cats), 5), **shared,
            "lvis_train_images": LVIS[a.version]["train_images"], "lvis_val_images": LVIS[a.version]["val_images"],
