@@ -12,7 +12,7 @@ PINNED := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 zarr==3.1.6 h5py==3.16.
           matplotlib==3.11.2 pillow==13.0.0 pytest==9.2.0 pytest-xdist==3.8.0 ruff==0.17.6 import-linter==2.17
 STAGES := data detector extract calibrate infer evaluate
 
-.PHONY: venv demo test test-fast lint bench bench-docs clean
+.PHONY: venv demo test test-fast lint bench bench-scale bench-docs clean
 
 venv: $(STAMP)
 
@@ -49,22 +49,37 @@ lint: $(STAMP)
 	cd .lintview && ../$(BIN)/lint-imports --config ../pyproject.toml
 
 # Benchmarks: each run is recorded in benchmarks/results/NAME.json (benchmarks/record.py), then
-# docs/benchmarks.md is rendered from the records (benchmarks/render.py; never edit that page).
-# eval_speed, verify_speed, conversion_agreement and sweep_speed need nothing; calibrate_speed runs on a
-# finished `make demo` (DEMO) when there is one.
+# docs/benchmarks.md and docs/scale.md are rendered from the records (benchmarks/render.py; never edit
+# those pages). eval_speed, verify_speed, conversion_agreement, sweep_speed and the LVIS-scale smoke runs
+# need nothing; calibrate_speed runs on a finished `make demo` (DEMO) when there is one.
 DEMO := runs/demo
+# bench-scale: the full LVIS-scale runs behind docs/scale.md (about an hour each on 2 cores; about 30 GB of
+# free disk under SCALE_WORK at a time, deleted as they go).
+SCALE_WORK ?= runs/scale
+SCALE_SIZES ?= 7,28
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/record.py eval_speed -- $(BIN)/python benchmarks/eval_speed.py --quick
 	$(BIN)/python benchmarks/record.py verify_speed -- $(BIN)/python benchmarks/verify_speed.py --gb 4
 	$(BIN)/python benchmarks/record.py conversion_agreement -- $(BIN)/python benchmarks/conversion_agreement.py
 	$(BIN)/python benchmarks/record.py sweep_speed -- $(BIN)/python benchmarks/sweep_speed.py
+	$(BIN)/python benchmarks/record.py lvis_scale_quick -- $(BIN)/python benchmarks/lvis_scale.py --quick \
+	  --out $(SCALE_WORK)/quick
+	$(BIN)/python benchmarks/record.py eval_speed_lvis_quick -- $(BIN)/python benchmarks/eval_speed.py --lvis-scale --quick
 	if [ -d $(DEMO) ]; then \
 	  $(BIN)/python benchmarks/record.py calibrate_speed -- $(BIN)/python benchmarks/calibrate_speed.py \
 	    --checkpoint $(DEMO)/baseline_tiny.pth --data $(DEMO)/data --cache $(DEMO)/train.zarr --steps 600; \
 	else \
 	  echo "bench: no $(DEMO) (run 'make demo' first): calibrate_speed skipped"; \
 	fi
+	$(BIN)/python benchmarks/render.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/record.py lvis_scale_v1 -- $(BIN)/python benchmarks/lvis_scale.py --version v1 \
+	  --sizes $(SCALE_SIZES) --out $(SCALE_WORK)/lvis_scale
+	$(BIN)/python benchmarks/record.py lvis_scale_v0.5 -- $(BIN)/python benchmarks/lvis_scale.py --version v0.5 \
+	  --sizes $(SCALE_SIZES) --out $(SCALE_WORK)/lvis_scale
+	$(BIN)/python benchmarks/record.py eval_speed_lvis -- $(BIN)/python benchmarks/eval_speed.py --lvis-scale
 	$(BIN)/python benchmarks/render.py
 
 bench-docs: $(STAMP)

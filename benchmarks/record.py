@@ -14,8 +14,8 @@ parses as a JSON object, and writes ``benchmarks/results/NAME.json``::
      "figures": {... the JSON object the command printed ...}}
 
 The record is written atomically (a temporary file in the same folder, then
-``os.replace``). Changes under ``benchmarks/results/`` and to ``docs/benchmarks.md``
-do not make a commit dirty: they are this tool's own outputs. If the command fails
+``os.replace``). Changes under ``benchmarks/results/`` and to ``docs/benchmarks.md`` and
+``docs/scale.md`` do not make a commit dirty: they are this tool's own outputs. If the command fails
 or prints no JSON object, nothing is written and the exit status is non-zero.
 ``python benchmarks/render.py`` turns the records into docs/benchmarks.md.
 
@@ -40,7 +40,7 @@ from simcal.core.atomic import write_text  # the project's one atomic writer
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: Paths whose changes do not make a recorded commit dirty (this tool's and render.py's outputs).
-OWN_OUTPUTS = ("benchmarks/results", "docs/benchmarks.md")
+OWN_OUTPUTS = ("benchmarks/results", "docs/benchmarks.md", "docs/scale.md")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -1,6 +1,6 @@
-"""Render docs/benchmarks.md from the benchmark records in benchmarks/results/*.json.
+"""Render docs/benchmarks.md (and docs/scale.md) from the benchmark records in benchmarks/results/*.json.
 
-    python benchmarks/render.py [--results DIR] [--out FILE]
+    python benchmarks/render.py [--results DIR] [--out FILE] [--scale-out FILE]
 
 A record is what ``benchmarks/record.py`` writes::
 
@@ -9,6 +9,8 @@ A record is what ``benchmarks/record.py`` writes::
 
 The page gets one section per record, in name order: the command, commit, date,
 machine, and the figures as a table (nested objects flattened to dotted keys).
+The LVIS-scale records are rendered on docs/scale.md instead (benchmarks/render_scale.py: the
+measurements and the cost model over them); docs/benchmarks.md points there.
 With no records the page says so and how to produce them. The output is written
 atomically (a temporary file in the same folder, then ``os.replace``) and depends
 only on the records, so rendering twice gives the same bytes.
@@ -26,9 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simcal.core.atomic import write_text  # the project's one atomic writer
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.render_scale import SCALE_RECORDS, render_scale  # noqa: E402
+from simcal.core.atomic import write_text  # noqa: E402  (the project's one atomic writer)
+
 REQUIRED = ("benchmark", "command", "commit", "date", "machine", "figures")
 
 HEADER = """\
@@ -57,9 +63,11 @@ python benchmarks/record.py NAME -- COMMAND ARGS...   # record one benchmark by 
 make bench-docs            # render this page from the records
 ```
 
-`make bench` always runs `benchmarks/eval_speed.py --quick`, `benchmarks/verify_speed.py --gb 4` and
-`benchmarks/conversion_agreement.py`; it runs
-`benchmarks/calibrate_speed.py` too when a `make demo` output (`runs/demo`) exists.
+`make bench` always runs `benchmarks/eval_speed.py --quick`, `benchmarks/verify_speed.py --gb 4`,
+`benchmarks/conversion_agreement.py`, `benchmarks/sweep_speed.py` and the `--quick` modes of
+`benchmarks/lvis_scale.py` and `benchmarks/eval_speed.py --lvis-scale`; it runs
+`benchmarks/calibrate_speed.py` too when a `make demo` output (`runs/demo`) exists. `make bench-scale`
+runs the full LVIS-scale measurements that [scale.md](scale.md) is made from.
 """
 
 
@@ -109,6 +117,9 @@ def load_records(results: Path) -> list[dict[str, Any]]:
 
 def section(rec: dict[str, Any]) -> str:
     lines = [f"## {rec['benchmark']}", ""]
+    if rec["benchmark"] in SCALE_RECORDS:
+        return "\n".join(lines + [f"Rendered with the cost model on [scale.md](scale.md) (`{rec['command']}`, "
+                                   f"commit `{rec['commit']}`, {rec['date']})."]) + "\n"
     summary = script_summary(str(rec["command"]))
     if summary:
         lines += [summary, ""]
@@ -140,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of records (default benchmarks/results)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="page to write (default docs/benchmarks.md)")
+    p.add_argument("--scale-out", type=Path, default=ROOT / "docs" / "scale.md",
+                   help="the LVIS-scale page to write (default docs/scale.md)")
     args = p.parse_args(argv)
     records = load_records(args.results)
     write_text(args.out, render(records))
-    print(f"render.py: {len(records)} record(s) -> {args.out}", file=sys.stderr)
+    write_text(args.scale_out, render_scale(records))
+    print(f"render.py: {len(records)} record(s) -> {args.out}, {args.scale_out}", file=sys.stderr)
     return 0
 
 

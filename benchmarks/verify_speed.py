@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from simcal.extract.cache_tools import verify
-from simcal.extract.integrity import record_store
-from simcal.extract.schema import SCHEMA_VERSION, TAP, Cache, empty_rows
-from simcal.extract.store import consolidate, write_part
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.measure import evict  # noqa: E402
+from benchmarks.measure import warm as read_all  # noqa: E402
+from simcal.extract.cache_tools import verify  # noqa: E402
+from simcal.extract.integrity import record_store  # noqa: E402
+from simcal.extract.schema import SCHEMA_VERSION, TAP, Cache, empty_rows  # noqa: E402
+from simcal.extract.store import consolidate, write_part  # noqa: E402
 
 
 def write_cache(out: Path, gb: float, dim: int, classes: int, seed: int = 0) -> dict:
@@ -60,27 +64,6 @@ def write_cache(out: Path, gb: float, dim: int, classes: int, seed: int = 0) -> 
     t = time.perf_counter()
     consolidate(out, parts, np.arange(images, dtype=np.int64), dim, "float16", classes, attrs, head)
     return {"images": images, "consolidate_s": time.perf_counter() - t}
-
-
-def evict(root: Path) -> None:
-    for f in root.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def read_all(root: Path) -> int:
-    n = 0
-    for f in sorted(root.rglob("*")):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                while block := fh.read(16 * 2**20):
-                    n += len(block)
-    return n
 
 
 def main() -> None:

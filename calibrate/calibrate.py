@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,28 +33,30 @@ def _config(args: argparse.Namespace, amp: bool, **override: Any):
 
 
 def sampler_statistics(cache, index, cfg) -> dict[str, Any]:
-    """Draw ``cfg.steps`` batches exactly as the trainer would and count what they hold."""
+    """Draw ``cfg.steps`` batches exactly as the trainer would and count what they hold (counts per class
+    accumulate in arrays: no Python work per row or per class in the loop)."""
     from simcal.calibrate.samplers import build_sampler
 
     sampler = build_sampler(cfg.sampler, index, seed=cfg.seed, classes_per_batch=cfg.classes_per_batch,
                             bg_ratio=cfg.bg_ratio, batch_rows=cfg.batch_rows, images_per_class=cfg.images_per_class)
     ids = [c["id"] for c in cache.attrs["categories"]]
-    draws, fg_rows = Counter(), Counter()
-    bg_rows = images = 0
+    C = len(ids)
+    draws = np.zeros(C + 1, dtype=np.int64)
+    rows = np.zeros(C + 1, dtype=np.int64)  # rows[0]: background rows
+    images = 0
     for _ in range(cfg.steps):
         b = sampler.sample()
         lab = index.labels[b.rows]
         drawn = b.drawn_classes if len(b.drawn_classes) else np.unique(lab[lab > 0])
-        draws.update(int(c) for c in drawn)
-        fg_rows.update(int(c) for c in lab[lab > 0])
-        bg_rows += int((lab == 0).sum())
+        np.add.at(draws, np.asarray(drawn, dtype=np.int64), 1)
+        rows += np.bincount(lab, minlength=C + 1)
         images += len(b.images)
     return {
         "sampler": cfg.sampler,
         "batches": cfg.steps,
-        "class_draws": {str(ids[c - 1]): n for c, n in sorted(draws.items())},
-        "fg_rows": {str(ids[c - 1]): n for c, n in sorted(fg_rows.items())},
-        "bg_rows": bg_rows,
+        "class_draws": {str(ids[c - 1]): int(draws[c]) for c in np.flatnonzero(draws)},
+        "fg_rows": {str(ids[c - 1]): int(rows[c]) for c in np.flatnonzero(rows[1:]) + 1},
+        "bg_rows": int(rows[0]),
         "images": images,
     }
 

@@ -72,12 +72,11 @@ class MemoryReader:
 
 
 def memory_index(cache: MemoryCache) -> CacheIndex:
-    """The CSR index the samplers read, built from the rows' labels and images."""
+    """The CSR index the samplers read, built from the rows' labels and images as a cache's writer builds it."""
+    from simcal.extract.store import build_index
+
     labels, ptr = cache.labels, cache.image_row_ptr
-    C = len(cache.attrs["categories"])
     image_of_row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-    class_rows = np.argsort(labels, kind="stable")
-    class_row_ptr = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=C + 1))])
-    per_class = [np.unique(image_of_row[labels == c]) for c in range(C + 1)]
-    class_image_ptr = np.concatenate([[0], np.cumsum([len(v) for v in per_class])])
-    return CacheIndex(labels, ptr, class_row_ptr, class_rows, class_image_ptr, np.concatenate(per_class))
+    index = build_index(labels, image_of_row, len(ptr) - 1, len(cache.attrs["categories"]))
+    return CacheIndex(labels, index["image_row_ptr"], index["class_row_ptr"], index["class_rows"],
+                      index["class_image_ptr"], index["class_images"])

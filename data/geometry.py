@@ -27,7 +27,7 @@ COORD_TOLERANCE = 0.5
 #: The longest group sequence of one run: 7 groups hold 35 bits, enough for any run of a mask below 2**32 pixels.
 MAX_GROUPS_PER_RUN = 7
 
-_CHUNK_CHARS = 1 << 24  # strings are checked this many characters at a time, which bounds the memory used
+_CHUNK_CHARS = 1 << 20  # strings are checked this many characters at a time: about 100 bytes of numpy per character
 
 
 def coordinate_bounds(height: int, width: int) -> tuple[float, float, float, float]:

@@ -66,6 +66,8 @@ def _mask_area(seg: dict[str, Any]) -> float:
 
 def to_compressed_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     """Polygons, uncompressed or compressed RLE -> compressed RLE with ``str`` counts."""
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
+        return seg  # already compressed: the common case, a million times at LVIS scale (no import per call)
     from pycocotools import mask as mask_utils
 
     if isinstance(seg, list):

@@ -114,7 +114,7 @@ def _extract_part(model, dataset, a: int, b: int, args: argparse.Namespace, dim:
                                                  args.fg_iou, args.seed)):
                 per_image[i].append((view, _rows(sel, i, view, args.dtype)))
         bar.update(len(images))
-    return _part_arrays(per_image, args.dtype, dim)
+    return part_arrays(per_image, args.dtype, dim)
 
 
 def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_path: Path, identity: dict,
@@ -122,26 +122,39 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     """Rank 0: merge the parts into the store, then mark it complete for ``identity``."""
     from tqdm import tqdm
 
-    from simcal.core.manifest import remove_manifest, write_manifest
     from simcal.detector.checkpoint import classifier_weights
-    from simcal.extract.schema import SCHEMA_VERSION, TAP
-    from simcal.extract.store import consolidate, parts_dir
 
     categories = [{k: c[k] for k in ("id", "name", "instance_count", "image_count", "frequency")}
                   for c in ck["category_stats"]]
-    attrs = {"schema_version": SCHEMA_VERSION, **identity, "tap": TAP, "dim": dim, "categories": categories,
-             "bins": args.bins, "arch": ck["arch"], "checkpoint": str(args.checkpoint),
-             "annotations": str(ann_path), "world_size": world}
+    about = {"arch": ck["arch"], "checkpoint": str(args.checkpoint), "annotations": str(ann_path),
+             "world_size": world}
     t1 = time.perf_counter()
     with tqdm(total=len(ann.images), desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
-        counts = consolidate(out, num_parts, np.array([img["id"] for img in ann.images]), dim, args.dtype,
-                             len(categories), attrs, classifier_weights(model), cbar.update)
-    remove_manifest(parts_dir(out))  # consolidate removed the parts; their manifest goes with them
-    write_manifest(out, "extract", identity, {"counts": counts, "checkpoint": str(args.checkpoint),
-                                              "annotations": str(ann_path), "world_size": world})
+        counts = write_cache(out, num_parts, np.array([img["id"] for img in ann.images]), dim, args.dtype,
+                             categories, args.bins, identity, about, classifier_weights(model), cbar.update)
     took = time.perf_counter() - t0
     print(f"wrote {out}: {counts['rows']} rows ({counts['fg_rows']} fg, {counts['bg_rows']} bg) from "
           f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)")
+
+
+def write_cache(out: Path, num_parts: int, image_ids: np.ndarray, dim: int, dtype: str, categories: list[dict],
+                bins: str, identity: dict[str, Any], about: dict[str, Any], head_weights: dict[str, np.ndarray],
+                progress=None, drop_parts: bool = False) -> dict[str, Any]:
+    """The end of every extraction once its parts are written (``write_part``): the attributes, the
+    consolidated store (:func:`~simcal.extract.store.consolidate`), then the manifest that marks ``out``
+    complete for ``identity``. ``about``: what the cache was made from (checkpoint, annotations, ...),
+    recorded in its attributes and manifest. Returns the counts written."""
+    from simcal.core.manifest import remove_manifest, write_manifest
+    from simcal.extract.schema import SCHEMA_VERSION, TAP
+    from simcal.extract.store import consolidate, parts_dir
+
+    attrs = {"schema_version": SCHEMA_VERSION, **identity, "tap": TAP, "dim": dim, "categories": categories,
+             "bins": bins, **about}
+    counts = consolidate(out, num_parts, image_ids, dim, dtype, len(categories), attrs, head_weights, progress,
+                         drop_parts)
+    remove_manifest(parts_dir(out))  # consolidate removed the parts; their manifest goes with them
+    write_manifest(out, "extract", identity, {"counts": counts, **about})
+    return counts
 
 
 def _on_rank0(rank: int, world: int, local_rank: int, fn) -> Any:
@@ -283,8 +296,7 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
     model.requires_grad_(False)
 
     dim = int(model.roi_heads.box_head.fc6.in_features)
-    # A part's rows sit in memory until written: aim at ~256 MiB for ~100 rows per image.
-    images_per_part = args.images_per_part or int(min(1024, max(16, 2**28 // (100 * dim * 2))))
+    images_per_part = args.images_per_part or default_images_per_part(dim)
     params = {
         "fg_per_gt": args.fg_per_gt, "bg_per_image": args.bg_per_image, "fg_iou": args.fg_iou,
         "flip": bool(args.flip), "dtype": args.dtype, "seed": args.seed, "batch_size": args.batch_size,
@@ -329,23 +341,39 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
     return 0
 
 
+def default_images_per_part(dim: int) -> int:
+    """A part's rows sit in memory until written: aim at ~256 MiB of float16 features for ~100 rows per image."""
+    return int(min(1024, max(16, 2**28 // (100 * dim * 2))))
+
+
 def _rows(sel: Any, image_index: int, view: int, dtype: str) -> dict[str, np.ndarray]:
     """One view's rows as storage-ready numpy arrays (features already in their on-disk dtype)."""
-    n = len(sel.labels)
+    return image_rows(sel.labels.numpy(), sel.ious.numpy(), sel.boxes.numpy(), sel.is_gt.numpy(),
+                      sel.features.numpy(), image_index, view, dtype)
+
+
+def image_rows(labels: np.ndarray, ious: np.ndarray, boxes: np.ndarray, is_gt: np.ndarray, features: np.ndarray,
+               image_index: int, view: int, dtype: str) -> dict[str, np.ndarray]:
+    """The stored arrays of one image view's selected rows (``(n,)`` labels, ious, is_gt, ``(n, 4)``
+    boxes, ``(n, D)`` float features), in the schema's dtypes; features encoded as ``dtype``."""
+    n = len(labels)
     rows = {
-        "labels": sel.labels.numpy().astype(np.int16),
-        "ious": sel.ious.numpy().astype(np.float32),
-        "boxes": sel.boxes.numpy().astype(np.float32),
+        "labels": labels.astype(np.int16),
+        "ious": ious.astype(np.float32),
+        "boxes": boxes.astype(np.float32),
         "image_index": np.full(n, image_index, dtype=np.int32),
-        "is_gt": sel.is_gt.numpy().astype(bool),
+        "is_gt": is_gt.astype(bool),
         "flipped": np.full(n, view == 1, dtype=bool),
     }
-    rows.update(encode_features(sel.features.numpy(), dtype))
+    rows.update(encode_features(features, dtype))
     return rows
 
 
-def _part_arrays(per_image: dict[int, list], dtype: str, dim: int) -> dict[str, np.ndarray]:
-    """Rows of consecutive images (view 0 then view 1 within an image), concatenated."""
+def part_arrays(per_image: dict[int, list], dtype: str, dim: int) -> dict[str, np.ndarray]:
+    """Rows of consecutive images (view 0 then view 1 within an image), concatenated: what ``write_part`` stores.
+
+    ``per_image``: image index -> [(view, :func:`image_rows` of that view), ...] for every image of the part.
+    """
     chunks = [rows for i in sorted(per_image) for _, rows in sorted(per_image[i], key=lambda vr: vr[0])]
     empty = empty_rows(dtype, dim)
     arrays = {k: np.concatenate([c[k] for c in chunks]) if chunks else v for k, v in empty.items()}

@@ -107,15 +107,17 @@ class ShardRowReader:
         self.chunks_per_shard = self.shard_rows // self.chunk_rows
         self.fill = np.asarray(array.fill_value if array.fill_value is not None else 0, dtype=dtype)
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
+        # shards whose size and crc32c held: checked once per reader, not again each time the LRU maps them anew
+        self._checked: set[int] = set()
         self._lock = threading.Lock()  # a sweep's next prefetch thread may start before the last one ends
 
     # -- shard files, their indexes, their mappings
     def _path(self, shard: int) -> Path:
         return self.dir / self.array.metadata.encode_chunk_key((shard, 0))
 
-    def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(chunks_per_shard,) first file row of each inner chunk (-1: empty) and the file mapped as
-        (rows, D); None when the shard has no file (never written: all fill value)."""
+    def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray, mmap.mmap] | None:
+        """(chunks_per_shard,) first file row of each inner chunk (-1: empty), the file mapped as (rows, D),
+        and its map; None when the shard has no file (never written: all fill value)."""
         with self._lock:
             if shard in self._open:
                 self._open.move_to_end(shard)
@@ -126,7 +128,7 @@ class ShardRowReader:
                 self._open.popitem(last=False)  # unmapped once no batch holds a view of it
             return entry
 
-    def _map(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _map(self, shard: int) -> tuple[np.ndarray, np.ndarray, mmap.mmap] | None:
         import google_crc32c  # zarr's own crc32c implementation
 
         path = self._path(shard)
@@ -139,10 +141,12 @@ class ShardRowReader:
                 raise input_error(path, "is missing from the cache (a features shard written at extraction)",
                                   "extract the cache again")
             return None
-        if record is not None and (os.fstat(f.fileno()).st_size != record[0] or file_crc(path) != record[1]):
-            f.close()
-            raise input_error(path, "does not match the size and crc32c recorded at extraction (damaged)",
-                              "extract the cache again")
+        if record is not None and shard not in self._checked:
+            if os.fstat(f.fileno()).st_size != record[0] or file_crc(path) != record[1]:
+                f.close()
+                raise input_error(path, "does not match the size and crc32c recorded at extraction (damaged)",
+                                  "extract the cache again")
+            self._checked.add(shard)
         with f:
             size = os.fstat(f.fileno()).st_size
             n = self.chunks_per_shard * 16
@@ -159,7 +163,8 @@ class ShardRowReader:
                 raise UnsupportedLayout(f"{path}: an inner chunk is not {self.chunk_rows} plain, row-aligned rows")
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays valid after the file closes
         rows = np.frombuffer(mapped, dtype=self.dtype, count=(data_end // self.row_bytes) * self.dim)
-        return np.where(empty, -1, pairs[:, 0].astype(np.int64) // self.row_bytes), rows.reshape(-1, self.dim)
+        first = np.where(empty, -1, pairs[:, 0].astype(np.int64) // self.row_bytes)
+        return first, rows.reshape(-1, self.dim), mapped
 
     # -- reads
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -170,14 +175,18 @@ class ShardRowReader:
         shard = rows // self.shard_rows
         local = rows - shard * self.shard_rows
         cuts = np.flatnonzero(np.diff(shard)) + 1
+        groups = []
         for a, b in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(rows)]]).tolist()):
             entry = self._shard(int(shard[a]))
             if entry is None:
                 out[a:b] = self.fill
                 continue
-            chunk_first, mapped = entry
+            chunk_first, mapped, mm = entry
             first = chunk_first[local[a:b] // self.chunk_rows]
             file_rows = first + local[a:b] % self.chunk_rows
+            self._will_need(mm, file_rows[first >= 0])
+            groups.append((a, b, first, file_rows, mapped))
+        for a, b, first, file_rows, mapped in groups:  # every read is in flight before the first gather waits
             if np.all(first >= 0):
                 np.take(mapped, file_rows, axis=0, out=out[a:b])  # one gather from the page cache
             else:
@@ -185,6 +194,20 @@ class ShardRowReader:
                 out[a:b][~ok] = self.fill
                 out[a:b][ok] = mapped[file_rows[ok]]
         return out
+
+    def _will_need(self, mm: mmap.mmap, file_rows: np.ndarray) -> None:
+        """Ask the kernel to read the pages of ``file_rows`` now (``MADV_WILLNEED``), one request per run of
+        consecutive rows: from a cold page cache the reads of a batch then go to the disk together instead
+        of one page fault at a time."""
+        if len(file_rows) == 0 or not hasattr(mm, "madvise"):
+            return
+        starts = np.flatnonzero(np.diff(file_rows, prepend=-2) != 1)
+        ends = np.append(starts[1:], len(file_rows)) - 1
+        page = mmap.PAGESIZE
+        lows, highs = file_rows[starts] * self.row_bytes, (file_rows[ends] + 1) * self.row_bytes
+        for lo, hi in zip(lows.tolist(), highs.tolist()):
+            lo -= lo % page
+            mm.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
 
 
 class H5RowReader:

@@ -52,7 +52,10 @@ class ShardAlignedWriter:
     """Append rows to a zarr array, writing only whole shards (plus the final partial one).
 
     Writing a part of a shard would make zarr read, merge and rewrite it; buffering
-    to shard boundaries keeps consolidation a single sequential pass.
+    to shard boundaries keeps consolidation a single sequential pass. Whole shards of an
+    appended block are written from views of it; only the rows that do not fill a shard
+    are copied into the buffer, so memory holds one shard besides what is appended.
+    ``pos`` counts the rows on disk.
     """
 
     def __init__(self, array: Any, shard_rows: int) -> None:
@@ -61,49 +64,74 @@ class ShardAlignedWriter:
         self.buf: list[np.ndarray] = []
         self.buffered = 0
 
+    def _write(self, block: np.ndarray) -> None:
+        self.array[self.pos : self.pos + len(block)] = block
+        self.pos += len(block)
+
     def append(self, rows: np.ndarray) -> None:
-        self.buf.append(rows)
-        self.buffered += len(rows)
-        if self.buffered >= self.shard_rows:
-            block = np.concatenate(self.buf)
-            n = (len(block) // self.shard_rows) * self.shard_rows
-            self.array[self.pos : self.pos + n] = block[:n]
-            self.pos += n
-            self.buf = [block[n:]] if n < len(block) else []
-            self.buffered = len(block) - n
+        if self.buffered:  # complete the buffered shard first
+            take = min(self.shard_rows - self.buffered, len(rows))
+            self.buf.append(rows[:take])
+            self.buffered += take
+            rows = rows[take:]
+            if self.buffered < self.shard_rows:
+                return
+            self._write(np.concatenate(self.buf))
+            self.buf, self.buffered = [], 0
+        n = (len(rows) // self.shard_rows) * self.shard_rows
+        for a in range(0, n, self.shard_rows):
+            self._write(rows[a : a + self.shard_rows])
+        if n < len(rows):
+            self.buf, self.buffered = [np.array(rows[n:])], len(rows) - n  # a copy: ``rows`` may be released
 
     def close(self) -> None:
         if self.buffered:
-            block = np.concatenate(self.buf)
-            self.array[self.pos : self.pos + len(block)] = block
-            self.pos += len(block)
+            self._write(np.concatenate(self.buf))
         self.buf, self.buffered = [], 0
 
 
 def csr(keys: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ptr (num_keys + 1,), members ascending within each key) for integer keys in [0, num_keys)."""
+    """(ptr (num_keys + 1,), members ascending within each key) for integer keys in [0, num_keys).
+
+    A stable sort: a radix sort for 16-bit keys such as the labels, so the class index of a
+    large cache costs one pass over its rows, not a comparison sort.
+    """
     order = np.argsort(keys, kind="stable").astype(np.int64)
-    counts = np.bincount(keys, minlength=num_keys).astype(np.int64)
-    ptr = np.zeros(num_keys + 1, dtype=np.int64)
+    return counts_ptr(np.bincount(keys, minlength=num_keys)), order
+
+
+def counts_ptr(counts: np.ndarray) -> np.ndarray:
+    """CSR pointers (len(counts) + 1,) int64 from per-key counts."""
+    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
-    return ptr, order
+    return ptr
 
 
 def build_index(
     labels: np.ndarray, image_index: np.ndarray, num_images: int, num_classes: int
 ) -> dict[str, np.ndarray]:
-    """The CSR index over classes 0..C (0 = background) and images."""
-    image_row_ptr, _ = csr(image_index, num_images)
-    class_row_ptr, class_rows = csr(labels.astype(np.int64), num_classes + 1)
-    # images per class: unique (class, image) pairs; rows are grouped by image, so pairs come sorted by image
-    pair = labels.astype(np.int64) * num_images + image_index.astype(np.int64)
-    uniq = np.unique(pair)
-    cls, img = uniq // num_images, uniq % num_images
-    class_image_ptr, _ = csr(cls, num_classes + 1)
+    """The CSR index over classes 0..C (0 = background) and images.
+
+    Rows are grouped by image in image-index order (the writer's order; ``cache verify`` checks
+    it before rebuilding), so the image pointers are counts, and within a class the rows'
+    images are already ascending: its images are where the image changes along its rows.
+    Memory: a few int64 per row, no sort of (class, image) pairs.
+    """
+    image_row_ptr = np.searchsorted(image_index, np.arange(num_images + 1), side="left").astype(np.int64)
+    # 16-bit keys: numpy's stable argsort is then a radix sort (labels are in 0..C, checked by the callers)
+    keys = labels.astype(np.int16 if num_classes < 2**15 - 1 else np.int64, copy=False)
+    class_row_ptr, class_rows = csr(keys, num_classes + 1)
+    imgs = image_index[class_rows]  # ascending within each class
+    cls = keys[class_rows]  # ascending
+    new = np.ones(len(imgs), dtype=bool)  # the row starts a (class, image) pair
+    new[1:] = (imgs[1:] != imgs[:-1]) | (cls[1:] != cls[:-1])
+    class_images = imgs[new].astype(np.int64)
+    image_counts = np.bincount(cls[new], minlength=num_classes + 1)
+    del imgs, cls, new
     return {
         "image_row_ptr": image_row_ptr,
-        "class_image_ptr": class_image_ptr,
-        "class_images": img.astype(np.int64),  # already ascending within each class
+        "class_image_ptr": counts_ptr(image_counts),
+        "class_images": class_images,  # ascending within each class
         "class_row_ptr": class_row_ptr,
         "class_rows": class_rows,
     }
@@ -119,8 +147,15 @@ def consolidate(
     attrs: dict[str, Any],
     head_weights: dict[str, np.ndarray],
     progress: Callable[[int], None] | None = None,
+    drop_parts: bool = False,
 ) -> dict[str, Any]:
-    """Merge the parts into the final store at ``out`` (see module doc); returns the counts written."""
+    """Merge the parts into the final store at ``out`` (see module doc); returns the counts written.
+
+    ``drop_parts``: delete each part once its rows are appended (to the store, or to the writers'
+    buffers in memory), so the disk holds the cache about once instead of twice while consolidating; a
+    consolidation stopped half-way then cannot be resumed from the parts (the benchmarks use it;
+    extraction keeps its parts).
+    """
     paths = [part_path(out, p) for p in range(num_parts)]
     rows_per_image = np.concatenate([np.load(p)["rows_per_image"] for p in paths])
     import zarr
@@ -143,7 +178,7 @@ def consolidate(
             writers[name] = ShardAlignedWriter(arr, kw.get("shards", kw["chunks"])[0])
         labels = np.empty(R, dtype=np.int16)
         image_index = np.empty(R, dtype=np.int32)
-        pos = 0
+        pos = gt_rows = 0
         for p in paths:
             with np.load(p) as part:
                 n = len(part["labels"])
@@ -151,9 +186,12 @@ def consolidate(
                     w.append(part[name])
                 labels[pos : pos + n] = part["labels"]
                 image_index[pos : pos + n] = part["image_index"]
+                gt_rows += int(part["is_gt"].sum())
                 pos += n
                 if progress:
                     progress(len(part["rows_per_image"]))
+            if drop_parts:  # its rows are in the store or in the writers' buffers (in memory) now
+                p.unlink()
         for w in writers.values():
             w.close()
         every_chunk = {"write_empty_chunks": True}
@@ -171,10 +209,10 @@ def consolidate(
             "images": int(len(image_ids)),
             "fg_rows": fg,
             "bg_rows": R - fg,
-            "gt_rows": None,
+            "gt_rows": gt_rows,
             "classes_with_rows": int((np.diff(index["class_row_ptr"])[1:] > 0).sum()),
         }
-        counts["gt_rows"] = int(sum(int(np.load(p)["is_gt"].sum()) for p in paths))
+        del index, labels, image_index
         integrity = record_store(tmp)  # every file but the attributes, which are written next
         root.attrs.update({**attrs, "counts": counts, "integrity": integrity})
         root.attrs["complete"] = True  # last: everything above is on disk

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_lvis() -> dict:

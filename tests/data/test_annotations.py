@@ -103,3 +103,80 @@ def test_missing_file_is_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simcal data: error: ") and str(tmp_path / "nope.json") in lines[0]
     assert r.stdout == ""
+
+
+def _bulk_doc(n: int = 300) -> dict:
+    """A valid LVIS-style file with many annotations: boxes, polygons, areas, crowd flags, one RLE region."""
+    import random
+
+    rnd = random.Random(0)
+    images = [{"id": i, "file_name": f"{i}.png", "height": 40 + i % 7, "width": 50 + i % 5,
+               "neg_category_ids": [], "not_exhaustive_category_ids": []} for i in range(1, 21)]
+    anns = []
+    for k in range(n):
+        im = images[k % 20]
+        x, y = rnd.uniform(0, 20), rnd.uniform(0, 20)
+        a = {"id": k + 1, "image_id": im["id"], "category_id": 1 + k % 3, "bbox": [x, y, 5.5, 4]}
+        if k % 3:
+            a["segmentation"] = [[x, y, x + 5, y, x + 5, y + 4] + ([x, y + 4] if k % 2 else [])]
+        if k % 4:
+            a["area"] = 12 if k % 5 else 12.5
+        if k % 6 == 0:
+            a["iscrowd"] = 0
+        anns.append(a)
+    im = images[anns[7]["image_id"] - 1]
+    anns[7]["segmentation"] = {"size": [im["height"], im["width"]], "counts": [0, im["height"] * im["width"]]}
+    cats = [{"id": c, "name": f"c{c}", "frequency": "f"} for c in (1, 2, 3)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+MUTATIONS = [
+    ("bbox", None), ("bbox", [1, 2, 3]), ("bbox", [1, 2, 3, True]), ("bbox", [1, 2, float("nan"), 3]),
+    ("bbox", [1, 2, 0, 3]), ("bbox", [1, 2, 500, 3]), ("bbox", "box"), ("image_id", 999), ("image_id", 1.0),
+    ("category_id", 9), ("category_id", True), ("area", -1), ("area", "12"), ("area", float("inf")),
+    ("iscrowd", 2), ("iscrowd", True), ("segmentation", []), ("segmentation", [[1, 2, 3, 4]]),
+    ("segmentation", [[1, 2, 3, 4, 5]]), ("segmentation", [[1, 2, 3, 4, 5, None]]),
+    ("segmentation", [[1, 2, 3, 4, 5, False]]), ("segmentation", [[1, 2, 3, 4, 5, 1e9]]),
+    ("segmentation", [[1, 2, 3, 4, 5, float("-inf")]]), ("segmentation", [[-100, 2, 3, 4, 5, 6]]),
+    ("segmentation", "poly"), ("segmentation", {"size": [1, 1], "counts": [1]}),
+    ("segmentation", {"size": [40, 50], "counts": "0"}),
+]
+
+
+@pytest.mark.parametrize("key,value", MUTATIONS, ids=[f"{k}={v!r}" for k, v in MUTATIONS])
+def test_bulk_checks_refuse_exactly_as_record_by_record(tmp_path, monkeypatch, key, value):
+    """The bulk pass over annotations accepts only what the record-by-record pass accepts, and a refused file
+    gets the record-by-record message (two bad records: the first in file order is named)."""
+    import simcal.data.annotations as A
+
+    for at in (5, 250):
+        doc = _bulk_doc()
+        for k in (at, at + 31):
+            if value is None:
+                doc["annotations"][k].pop(key, None)
+            else:
+                doc["annotations"][k][key] = value
+        path = tmp_path / "a.json"
+        path.write_text(json.dumps(doc))
+        errors = []
+        for bulk in (True, False):
+            if not bulk:
+                monkeypatch.setattr(A, "_instances_in_bulk", lambda *a: None)
+            try:
+                load_annotations(path)
+                errors.append(None)
+            except InputError as e:
+                errors.append(str(e))
+            monkeypatch.undo()
+        assert errors[0] == errors[1], (key, value, errors)
+        assert errors[0] is not None, (key, value)
+
+
+def test_a_valid_file_passes_in_bulk(tmp_path, monkeypatch):
+    import simcal.data.annotations as A
+
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(_bulk_doc()))
+    monkeypatch.setattr(A, "_check_annotation", lambda *a: pytest.fail("the record-by-record pass ran"))
+    ann = load_annotations(path)
+    assert len(ann.annotations) == 300 and len(ann.annotations_of(1)) == 15

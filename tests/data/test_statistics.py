@@ -7,11 +7,11 @@ import pytest
 
 from simcal.data import category_statistics, frequency_of, instance_bin, load_annotations
 from simcal.data.statistics import bin_labels
-from tests.helpers import FIXTURES, write_json
+from tests.helpers import ROOT, write_json
 
 
 def test_frequency_rule_reproduces_lvis_v1_split():
-    cats = json.loads((FIXTURES / "lvis_v1_categories.json").read_text())
+    cats = json.loads((ROOT / "benchmarks" / "data" / "lvis_v1_categories.json").read_text())
     assert len(cats) == 1203
     ours = [frequency_of(c["image_count"]) for c in cats]
     assert Counter(ours) == {"r": 337, "c": 461, "f": 405}

@@ -164,3 +164,22 @@ def test_one_reader_serves_two_threads(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_each_shard_is_checked_once_however_often_it_is_mapped(tmp_path, monkeypatch):
+    """With more shards than stay mapped, a shard mapped again is not read whole again for its crc32c."""
+    import simcal.extract.mapped_rows as mapped
+    from simcal.extract.integrity import file_crc
+
+    monkeypatch.setattr(mapped, "MAX_OPEN_FILES", 1)  # every shard change maps anew
+    a = _array(tmp_path / "a.zarr", rows=112, written=112)
+    root = tmp_path / "a.zarr"
+    record = {f"c/{s}/0": (os.path.getsize(root / "c" / str(s) / "0"), file_crc(root / "c" / str(s) / "0"))
+              for s in range(4)}
+    checked = []
+    monkeypatch.setattr(mapped, "file_crc", lambda p: checked.append(p) or file_crc(p))
+    r = ShardRowReader(a, lambda rel: record.get(rel.split("/", 1)[1] if "/" in rel else rel))
+    for _ in range(5):
+        assert np.array_equal(r.read(np.array([1, 30, 60, 90])).view(np.uint16),
+                              a[:][[1, 30, 60, 90]].view(np.uint16))
+    assert sorted(p.parent.name for p in checked) == ["0", "1", "2", "3"]  # four shards, each checked once
