@@ -38,8 +38,9 @@ class SharedInputLinear(torch.autograd.Function):
     One matmul forward, ``x @ [w_0; ...; w_H-1]^T + b``, and one back for the weights, ``grad^T @ x``:
     each block is what the head's own ``nn.Linear`` computes, up to the order of the float sums. The bias
     gradient is summed over the batch in ``(H, B, O)`` order, the order a single head's ``(B, O)``
-    gradient is summed in (summed as ``(B, H*O)``, float32 would round differently). Under autocast the matmul runs in its dtype, and the
-    backward uses the same cast of ``x`` as autocast's backward of ``F.linear``.
+    gradient is summed in (summed as ``(B, H*O)``, float32 would round differently). Under autocast the
+    matmul runs in its dtype, and the backward uses the same cast of ``x`` as autocast's backward of
+    ``F.linear``.
     """
 
     @staticmethod
