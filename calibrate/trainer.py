@@ -86,9 +86,9 @@ def train_head(
                 x, y = source.sample()
             return len(y), x.float(), y
     loss_fn = head_loss(cache, cfg)
+    # Plain SGD (no momentum, no weight decay) by hand: p -= lr * grad is torch.optim.SGD's update to the bit,
+    # and constructing a torch.optim optimizer imports torch._dynamo, seconds of every calibrate process.
     trainable = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.0, weight_decay=0.0) if trainable else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s)) if opt else None
 
     t0 = time.perf_counter()
     head.train()
@@ -100,7 +100,7 @@ def train_head(
         n_rows, x, y = next(batches)
         if not cfg.amp:
             x = x.float()  # a bfloat16 reader shared with --amp runs
-        if opt is None:  # nearest class mean: accumulate, no gradient (always float32)
+        if not trainable:  # nearest class mean: accumulate, no gradient (always float32)
             x = x.float()
             head.accumulate(x, y)
             loss = torch.zeros(())
@@ -111,10 +111,13 @@ def train_head(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = head(x)
             loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
+            for p in trainable:
+                p.grad = None
             loss.backward()
-            opt.step()
-            sched.step()
+            with torch.no_grad():
+                lr = cfg.lr * lr_factor(cfg, step)  # the schedule's drops at fractions of cfg.steps
+                for p in trainable:
+                    p.add_(p.grad, alpha=-lr)
         # accuracies cost a few syncs: only where they are shown (log lines, every 10th bar update)
         show = shown(step, cfg.steps)
         if show and not bool(torch.isfinite(loss)):
@@ -126,7 +129,7 @@ def train_head(
                                      refresh=False)
         if log is not None and show:
             log({"step": step + 1, "loss": loss.item(), "fg_acc": fg_acc, "bg_acc": bg_acc,
-                 "lr": opt.param_groups[0]["lr"] if opt else 0.0, "rows": int(n_rows)})
+                 "lr": cfg.lr * lr_factor(cfg, step + 1) if trainable else 0.0, "rows": int(n_rows)})
         if progress is not None:
             progress.update(1)
     if threaded:
