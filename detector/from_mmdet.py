@@ -57,7 +57,7 @@ import re
 import torch
 
 from simcal.detector.from_detectron2 import background_first
-from simcal.detector.key_renames import Rule, check_sigmoid_rpn, first_keys, rename_keys
+from simcal.detector.key_renames import Rule, check_head_weights, check_sigmoid_rpn, first_keys, rename_keys
 
 _BN = r"(?:weight|bias|running_mean|running_var)"
 _WB = r"(?P<p>weight|bias)"
@@ -108,12 +108,7 @@ def rename(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _check_heads(weights: dict[str, torch.Tensor]) -> int:
     """K from the classifier's K + 1 rows, after refusing the heads whose scores ours cannot reproduce."""
-    missing = [k for k in HEADS if k not in weights]
-    if missing:
-        raise ValueError(f"has no {first_keys(missing)} (not an mmdetection Mask R-CNN?)")
-    flat = [k for k in HEADS if weights[k].dim() == 0]
-    if flat:
-        raise ValueError(f"has a scalar where {flat[0]!r} needs one row per output")
+    check_head_weights(weights, HEADS, "an mmdetection Mask R-CNN")
     check_sigmoid_rpn(weights, RPN_CLS, "mmdetection's default")
     rows, reg = int(weights[CLS].shape[0]), int(weights["roi_head.bbox_head.fc_reg.weight"].shape[0])
     if reg != 4 and rows == reg // 4 + 2:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from simcal.detector.from_mmdet import IGNORED, mmdet_rules
-from simcal.detector.key_renames import check_sigmoid_rpn, first_keys, rename_keys
+from simcal.detector.key_renames import check_head_weights, check_sigmoid_rpn, first_keys, rename_keys
 
 #: mmdetection v1 name -> torchvision name: v2's rules with the RoI heads at the top level (no ``roi_head.``).
 RENAMES = mmdet_rules("")
@@ -58,12 +58,7 @@ def rename(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def check_heads(weights: dict[str, torch.Tensor]) -> tuple[int, bool]:
     """(K, class-agnostic) from the heads' first dimensions (v1 names), or ValueError for heads ours cannot run."""
-    missing = [k for k in HEADS if k not in weights]
-    if missing:
-        raise ValueError(f"has no {first_keys(missing)} (not an mmdetection 1.x Mask R-CNN?)")
-    flat = [k for k in HEADS if weights[k].dim() == 0]
-    if flat:
-        raise ValueError(f"has a scalar where {flat[0]!r} needs one row per output")
+    check_head_weights(weights, HEADS, "an mmdetection 1.x Mask R-CNN")
     check_sigmoid_rpn(weights, f"{RPN_CLS}.weight", "the release's")
     rows = int(weights[f"{CLS}.weight"].shape[0])
     if rows < 2:

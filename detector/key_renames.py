@@ -40,6 +40,17 @@ def rename_keys(weights: dict[str, torch.Tensor], rules: Sequence[Rule],
     return out, unknown
 
 
+def check_head_weights(weights: dict[str, torch.Tensor], heads: Sequence[str], what: str) -> None:
+    """ValueError unless every key of ``heads`` (weights whose first dimension says what a head scores) is there
+    with at least one dimension; ``what`` names the architecture in the message."""
+    missing = [k for k in heads if k not in weights]
+    if missing:
+        raise ValueError(f"has no {first_keys(missing)} (not {what}?)")
+    flat = [k for k in heads if weights[k].dim() == 0]
+    if flat:
+        raise ValueError(f"has a scalar where {flat[0]!r} needs one row per output")
+
+
 def check_sigmoid_rpn(weights: dict[str, torch.Tensor], key: str, default: str) -> None:
     """ValueError unless the RPN classifier ``key`` scores each anchor with one sigmoid logit (``default`` says
     whose default that is)."""

@@ -110,50 +110,41 @@ class LongTailRoIHeads(RoIHeads):
         return self.score_fn(class_logits, self._tap.flatten(start_dim=1))
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        if self.box_convention == "mmdet1":
-            return self._postprocess_mmdet1(class_logits, box_regression, proposals, image_shapes)
-        if self.score_fn is None and self.min_box_size == 1e-2 and not self.drop_empty:
+        """(boxes, scores, labels) per image: torchvision's, or per image through :meth:`_detections` (with
+        ``score_fn``, another small-box rule) or mmdetection v1's post-processing (``box_convention``)."""
+        if self.box_convention == "torchvision" and self.score_fn is None and self.min_box_size == 1e-2 \
+                and not self.drop_empty:
             return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        # torchvision's postprocess_detections (0.26-0.29), with the softmax replaced by score_fn and the
-        # small-box filter by min_box_size / drop_empty
-        device = class_logits.device
-        num_classes = class_logits.shape[-1]
-        boxes_per_image = [b.shape[0] for b in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals)
-        pred_scores = self._scores(class_logits)
-        all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0),
-                                              pred_scores.split(boxes_per_image, 0), image_shapes):
-            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
-            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            inds = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-            if self.min_box_size is not None:
-                keep = box_ops.remove_small_boxes(boxes, min_size=self.min_box_size)
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            if self.drop_empty:
-                kept = boxes[keep]
-                keep = keep[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
-        return all_boxes, all_scores, all_labels
-
-    def _postprocess_mmdet1(self, class_logits, box_regression, proposals, image_shapes):
-        """mmdetection v1's detections per image: boxes in the resized image, as torchvision's RoIHeads returns
-        them (a plain (h, w) image size is taken as scale factor 1)."""
-        from simcal.detector.legacy_boxes import postprocess_mmdet1
-
         boxes_per_image = [len(p) for p in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals)
-        pred_scores = self._scores(class_logits)
-        out = [postprocess_mmdet1(boxes, scores, shape, getattr(shape, "scale", 1.0), self.score_thresh,
-                                  self.nms_thresh, self.detections_per_img)
-               for boxes, scores, shape in zip(pred_boxes.split(boxes_per_image, 0),
-                                               pred_scores.split(boxes_per_image, 0), image_shapes)]
+        pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image, 0)
+        pred_scores = self._scores(class_logits).split(boxes_per_image, 0)
+        if self.box_convention == "mmdet1":  # boxes in the resized image; a plain (h, w) size is scale factor 1
+            from simcal.detector.legacy_boxes import postprocess_mmdet1
+
+            out = [postprocess_mmdet1(boxes, scores, shape, getattr(shape, "scale", 1.0), self.score_thresh,
+                                      self.nms_thresh, self.detections_per_img)
+                   for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes)]
+        else:
+            out = [self._detections(boxes, scores, shape)
+                   for boxes, scores, shape in zip(pred_boxes, pred_scores, image_shapes)]
         return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+    def _detections(self, boxes, scores, image_shape):
+        """One image's (R, C+1, 4) boxes and (R, C+1) scores -> its detections: torchvision's
+        postprocess_detections (0.26-0.29) with the small-box filter by ``min_box_size`` / ``drop_empty``."""
+        boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+        labels = torch.arange(scores.shape[-1], device=scores.device).view(1, -1).expand_as(scores)
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+        inds = torch.where(scores > self.score_thresh)[0]
+        boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+        if self.min_box_size is not None:
+            keep = box_ops.remove_small_boxes(boxes, min_size=self.min_box_size)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+        if self.drop_empty:
+            kept = boxes[keep]
+            keep = keep[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
+        return boxes[keep], scores[keep], labels[keep]
 
 
 def use_long_tail_roi_heads(model: torch.nn.Module) -> LongTailRoIHeads:
