@@ -30,14 +30,15 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/simcal demo --out runs/demo
 
-# Two workers, one per core (tests/conftest.py gives each one torch thread); a file's tests stay on one worker
-# so the session fixtures (the quick benchmark, detector and caches) are built once per worker.
+# Two workers, one per core (tests/conftest.py gives each one torch thread), sharing one copy of the session
+# fixtures (the quick benchmark, detector and caches); files go to them whole, slowest first, in the order
+# tests/conftest.py sets (--no-loadscope-reorder keeps it).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The inner loop: everything but the demo, torchrun and kill tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # ruff (pyproject.toml), then the import layers (pyproject.toml [tool.importlinter]). import-linter
 # finds subpackages on disk below the root package, while each stage folder installs as

@@ -5,7 +5,9 @@
     python benchmarks/lvis_scale.py --quick --out /tmp/lvis_quick                           # smoke (~0.1 GB)
 
 For each size (GB of train cache; ``--sizes G,4G`` with 4G above this machine's RAM shows that memory
-does not grow with the cache), in this order, each measured step in its own process (its own peak RSS):
+does not grow with the cache), in this order, each measured step in its own process (its own peak RSS;
+``--quick`` forks them from one process that imported numpy, torch and zarr, benchmarks/measure.py's
+``Forker``, so a smoke run does not spend most of its time importing torch):
 
 1. **write**: ``benchmarks/lvis_shape.py write``: an LVIS-shaped train cache (``--version``'s real class
    structure, rows per image and fg/bg mix as ``simcal extract`` keeps them, class-conditional features;
@@ -56,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.lvis_facts import LVIS, rows_per_image  # noqa: E402
 from benchmarks.lvis_shape import categories, table  # noqa: E402
-from benchmarks.measure import disk_rates, evict, ram_bytes, run_child, size_on_disk, warm  # noqa: E402
+from benchmarks.measure import Forker, disk_rates, evict, ram_bytes, run_child, size_on_disk, warm  # noqa: E402
 
 #: Six heads on one batch stream: 3fc_ft with three losses, the nearest-class-mean head (learns the class
 #: means from the rows it is given: the sanity check that the cache's features carry their labels' signal),
@@ -81,18 +83,23 @@ class Runner:
         self.out = Path(args.out)
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.py = sys.executable
         self.n = 0
         self.ram = int(args.ram_gb * 1e9) if args.ram_gb else ram_bytes()  # what "fits in memory" is judged by
         self.env = dict(os.environ)
         if args.threads:  # torch's threads in every child; on a shared machine 1 keeps step rates steady
             self.env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        # --quick: short steps, mostly torch's import; each is forked after it instead (its peak RSS then counts
+        # only the imported pages it touches: a smoke figure, not one to plan memory with)
+        self.forker = Forker(["numpy", "torch", "zarr"], self.env) if args.quick else None
 
-    def child(self, name: str, cmd: list) -> tuple[float, float, Path]:
-        """Run one measured step; (wall s, peak RSS MiB, log). Fails loudly with the log's tail."""
+    def child(self, name: str, argv: list) -> tuple[float, float, Path]:
+        """Run one measured step, ``python ARGV``; (wall s, peak RSS MiB, log). Fails loudly with the log's tail."""
         self.n += 1
         log = self.logs / f"{self.n:02d}_{name}.log"
-        dt, rss, rc = run_child(cmd, log, self.env)
+        if self.forker is not None:
+            dt, rss, rc = self.forker.run(argv, log)
+        else:
+            dt, rss, rc = run_child([sys.executable, *argv], log, self.env)
         if rc != 0:
             tail = log.read_text()[-3000:]
             raise SystemExit(f"lvis_scale: step {name} exited {rc}:\n{tail}")
@@ -100,7 +107,7 @@ class Runner:
 
     def write(self, name: str, out: Path, split: str, gb: float, dtype: str) -> dict:
         a = self.args
-        dt, rss, log = self.child(name, [self.py, ROOT / "benchmarks" / "lvis_shape.py", "write", "--version",
+        dt, rss, log = self.child(name, [ROOT / "benchmarks" / "lvis_shape.py", "write", "--version",
                                          a.version, "--split", split, "--gb", gb, "--dim", a.dim, "--dtype", dtype,
                                          "--seed", a.seed, "--out", out])
         figures = json.loads(log.read_text().strip().splitlines()[-1])
@@ -110,7 +117,7 @@ class Runner:
         import torch
 
         head = work / f"{name}.pth"
-        dt, rss, _ = self.child(name, [self.py, "-m", "simcal", "calibrate", "--cache", cache, "--head", "3fc_ft",
+        dt, rss, _ = self.child(name, ["-m", "simcal", "calibrate", "--cache", cache, "--head", "3fc_ft",
                                        "--steps", steps, "--preload", preload, "--device", self.args.device, "--seed",
                                        self.args.seed, "--out", head])
         info = torch.load(head, map_location="cpu", weights_only=True)["train_info"]
@@ -120,7 +127,7 @@ class Runner:
         grid = work / "grid.json"
         grid.write_text(json.dumps([{**g, "steps": [steps]} for g in SWEEP]))
         a = self.args
-        dt, rss, _ = self.child("sweep6", [self.py, "-m", "simcal", "calibrate", "--cache", cache, "--sweep", grid,
+        dt, rss, _ = self.child("sweep6", ["-m", "simcal", "calibrate", "--cache", cache, "--sweep", grid,
                                            "--eval-cache", val, "--preload", "none", "--device", a.device, "--seed",
                                            a.seed, "--out", work / "sweep"])
         rows = json.loads((work / "sweep" / "results.json").read_text())
@@ -175,7 +182,7 @@ def measure_size(r: Runner, gb: float, val: Path, first: bool, last: bool, share
             "the one-image-per-class floor dominates (a larger --gb gives LVIS's rows per image and batches)")
 
     evict(cache)
-    dt, rss, _ = r.child(f"verify_{gb:g}", [r.py, "-m", "simcal", "cache", "verify", cache])
+    dt, rss, _ = r.child(f"verify_{gb:g}", ["-m", "simcal", "cache", "verify", cache])
     fig.update(verify_s=round(dt, 2), verify_gb_s=round(w["gb"] / dt, 3), verify_peak_rss_mb=round(rss, 1))
     say(f"  verify (cold) {dt:.1f} s, peak RSS {rss:.0f} MiB")
 
@@ -287,14 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     r = Runner(a)
     cats = categories(a.version)
     val = r.out / "val" / "val.zarr"
-    say(f"val cache ({a.val_gb} GB)")
-    v = r.write("write_val", val, "val", a.val_gb, a.dtype)
     shared: dict = {}
     figs = []
     try:
+        say(f"val cache ({a.val_gb} GB)")
+        v = r.write("write_val", val, "val", a.val_gb, a.dtype)
         for k, gb in enumerate(sizes):
             figs.append(measure_size(r, gb, val, k == 0, k == len(sizes) - 1, shared))
     finally:
+        if r.forker is not None:
+            r.forker.close()
         if not a.keep:
             shutil.rmtree(r.out / "val", ignore_errors=True)
     ram_rate = next((f["steps_s_ram"] for f in figs if f.get("steps_s_ram")), None)

@@ -2,6 +2,9 @@
 
 - :func:`run_child`: wall seconds, peak RSS and exit status of one command (``os.wait4``), its output
   in a log file, so each measured step has its own peak;
+- :class:`Forker`: the same for Python commands, each forked from one process that has imported the
+  heavy libraries once (torch alone takes seconds to import: a run of many short steps spent most of its
+  time importing it again);
 - :func:`evict` / :func:`warm`: drop a folder's files from the page cache (``posix_fadvise(DONTNEED)``,
   no root needed) or read them into it;
 - :func:`disk_rates`: the disk's own sequential and random read rates, cold, on a scratch file.
@@ -11,8 +14,10 @@ Standard library and numpy only.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +34,91 @@ def run_child(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) 
         dt = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     return dt, usage.ru_maxrss / 1024.0, p.returncode
+
+
+class Forker:
+    """Runs Python commands (``["-m", module, *args]`` or ``[script.py, *args]``) as :func:`run_child` does,
+    each in a process forked from one that imported ``preload`` (and nothing else) first.
+
+    A forked step starts where a fresh interpreter stands after those imports: same modules, no work done,
+    no threads started (the imports start none). Its peak RSS counts the pages it inherited and touches,
+    like a fresh process's imports; the wall time excludes the imports. ``env`` is the environment of the
+    forking process, so of every step (set thread counts there).
+    """
+
+    def __init__(self, preload: Sequence[str], env: dict[str, str] | None = None) -> None:
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import measure; measure._fork_loop()"
+        self._p = subprocess.Popen([sys.executable, "-c", code, *preload], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, argv: Sequence[str], log: Path) -> tuple[float, float, int]:
+        """Wall seconds, peak RSS (MiB) and exit code of ``argv``, its stdout and stderr written to ``log``."""
+        self._p.stdin.write(json.dumps({"argv": list(map(str, argv)), "log": str(log)}) + "\n")
+        self._p.stdin.flush()
+        line = self._p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the forking process exited {self._p.wait()}")
+        done = json.loads(line)
+        return done["wall_s"], done["peak_rss_mb"], done["rc"]
+
+    def close(self) -> None:
+        self._p.stdin.close()
+        self._p.wait()
+
+    def __enter__(self) -> "Forker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fork_loop() -> None:
+    """The forking process: import ``sys.argv[1:]``, then fork one child per job line read from stdin."""
+    import importlib
+
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+    for line in sys.stdin:
+        job = json.loads(line)
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            _run_forked(job["argv"], job["log"])  # never returns
+        _, status, usage = os.wait4(pid, 0)
+        done = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+                "rc": os.waitstatus_to_exitcode(status)}
+        print(json.dumps(done), flush=True)
+
+
+def _run_forked(argv: list[str], log: str) -> None:
+    """In the forked child: stdin from /dev/null, stdout and stderr to ``log``, ``argv`` run as ``python argv``."""
+    import runpy
+    import traceback
+
+    null, out = os.open(os.devnull, os.O_RDONLY), os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    code = 0
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def files_of(root: Path) -> list[Path]:

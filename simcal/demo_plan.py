@@ -29,7 +29,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "default": Preset("42 classes, 128-px images", 4000, 8, 0.01, 1000, (125, 250, 500, 2000), 100),
     "quick": Preset("12 classes, 64-px images", 150, 8, 0.02, 150, (50, 300), 10),
-    "smoke": Preset("12 classes, 64-px images, 2 val instances per class", 24, 8, 0.02, 40, (20, 80), 5),
+    "smoke": Preset("12 classes, 64-px images, 2 val instances per class", 12, 8, 0.02, 40, (20, 80), 5),
 }
 
 

@@ -84,3 +84,21 @@ def test_scale_page_without_records_invents_nothing():
     for line in cost.splitlines():
         if line.startswith("| ") and "`" in line and not line.startswith(("| train images", "| cached rows")):
             assert "not measured yet" in line or line.startswith("| name"), line  # no figure without its record
+
+
+def test_forked_steps_report_exit_codes_output_and_memory(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.measure import Forker
+
+    script = tmp_path / "step.py"
+    script.write_text("import sys\nprint('args', sys.argv[1:])\nblob = bytearray(200 * 2**20)\n"
+                      "blob[::4096] = b'x' * len(blob[::4096])\nsys.exit(int(sys.argv[1]))\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ValueError('no such thing')\n")
+    with Forker(["json"]) as f:
+        runs = [f.run([script, code], tmp_path / f"{code}.log") for code in ("0", "3")]
+        wall, rss, rc = f.run([broken], tmp_path / "broken.log")
+    assert [r[2] for r in runs] == [0, 3] and rc == 1
+    assert "args ['3']" in (tmp_path / "3.log").read_text()
+    assert "ValueError: no such thing" in (tmp_path / "broken.log").read_text()
+    assert runs[0][1] >= 200 and rss < runs[0][1] - 150  # each step's own peak: the 200 MiB of one is not the next's

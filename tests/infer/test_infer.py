@@ -61,7 +61,8 @@ def test_props_gt_classifies_proposals_by_their_ground_truth_box():
 
 
 def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detector, few_val, tmp_path, cli):
-    """3fc_ft starts as the detector's classifier, so every mode must give the baseline's detections."""
+    """3fc_ft starts as the detector's classifier, so every mode must give the baseline's detections (50 per image
+    at most: pasting 300 masks per image would make the test ~4x slower for nothing it checks)."""
     cache = Cache(quick_caches["train"])
     cfg = CalibConfig(head="3fc_ft", steps=1, lr=0.0)
     head, info = train_head(cache, cfg)
@@ -70,12 +71,13 @@ def test_untrained_3fc_ft_head_reproduces_the_detector(quick_caches, quick_detec
     for mode in ("orig", "sel", "cal", "avg"):
         out = tmp_path / f"{mode}.json"
         extra = [] if mode == "orig" else ["--head-ckpt", tmp_path / "h.pth"]
-        r = cli("infer", "--checkpoint", quick_detector, *few_val, "--mode", mode, "--out", out, *extra)
+        r = cli("infer", "--checkpoint", quick_detector, *few_val, "--mode", mode, "--max-dets", "50", "--out", out,
+                *extra)
         assert r.returncode == 0, r.stderr
         outs[mode] = json.loads(out.read_text())
     base = outs["orig"]
     assert (
-        len(base) > 0 and max(sum(1 for d in base if d["image_id"] == i) for i in {d["image_id"] for d in base}) <= 300
+        len(base) > 0 and max(sum(1 for d in base if d["image_id"] == i) for i in {d["image_id"] for d in base}) == 50
     )
     for mode in ("sel", "cal", "avg"):
         assert len(outs[mode]) == len(base)
@@ -92,11 +94,11 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, few_
     head, info = train_head(cache, cfg)
     save_head(head_checkpoint(head, cfg, cache, info), tmp_path / "h.pth")
     h = str(tmp_path / "h.pth")
-    variants = [
-        {"name": "orig"},
-        {"name": "sel", "mode": "sel", "head_ckpt": h},
+    variants = [  # capped below the default 300: masks are what inference spends its time on
+        {"name": "orig", "max_dets": 40},
+        {"name": "sel", "mode": "sel", "head_ckpt": h, "max_dets": 40},
         {"name": "avg5", "mode": "avg", "head_ckpt": h, "max_dets": 5, "T": 50},
-        {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5},
+        {"name": "tau", "posthoc": "tau_norm", "gamma": 0.5, "max_dets": 40},
         {"name": "gt", "props_gt": True, "max_dets": 7},
     ]
     (tmp_path / "v.json").write_text(json.dumps(variants))
@@ -105,9 +107,9 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, few_
     assert r.returncode == 0, r.stderr
     # (orig against torchvision's own forward: test_variants_equal_torchvision_forward_with_the_score_hook)
     singles = {
-        "sel": ["--mode", "sel", "--head-ckpt", h],
+        "sel": ["--mode", "sel", "--head-ckpt", h, "--max-dets", "40"],
         "avg5": ["--mode", "avg", "--head-ckpt", h, "--max-dets", "5", "--T", "50"],
-        "tau": ["--posthoc", "tau_norm", "--gamma", "0.5"],
+        "tau": ["--posthoc", "tau_norm", "--gamma", "0.5", "--max-dets", "40"],
         "gt": ["--props-gt", "--max-dets", "7"],
     }
     for name, flags in singles.items():
@@ -145,8 +147,9 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
     ds = Subset(DetectionDataset(ann, quick_bench / "images" / "val", with_masks=False), range(6))
     counts = [c["instance_count"] for c in ck["category_stats"]]
     fns = {"orig": None, "sel": make_score_fn(counts, "sel", head, 300), "avg": make_score_fn(counts, "avg", head, 30)}
+    model.roi_heads.detections_per_img = 50  # the variants' cap below; masks are the time
     got = predict_variants(
-        model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping, {k: (fn, 300) for k, fn in fns.items()}
+        model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping, {k: (fn, 50) for k, fn in fns.items()}
     )
     for name, fn in fns.items():
         model.roi_heads.score_fn = fn
@@ -158,8 +161,8 @@ def test_variants_equal_torchvision_forward_with_the_score_hook(quick_caches, qu
 @pytest.mark.slow
 def test_torchrun_sharded_sweep_equals_one_process(quick_detector, few_val, tmp_path):
     """Images are sharded over processes; the merged, re-sorted output is the one-process output."""
-    variants = [{"name": "orig", "max_dets": 20}, {"name": "gt", "props_gt": True},
-                {"name": "nc", "posthoc": "norcal", "gamma": 0.5}]
+    variants = [{"name": "orig", "max_dets": 20}, {"name": "gt", "props_gt": True, "max_dets": 30},
+                {"name": "nc", "posthoc": "norcal", "gamma": 0.5, "max_dets": 30}]
     (tmp_path / "v.json").write_text(json.dumps(variants))
     # 8 images: every batch holds 2 images in both runs (float results depend on the batch size)
     base = ["infer", "--checkpoint", quick_detector, *few_val, "--sweep", tmp_path / "v.json", "--batch-size", "2",
