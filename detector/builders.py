@@ -157,7 +157,7 @@ def _r50_fpn(num_classes: int, **kw: Any) -> nn.Module:
 def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) -> nn.Module:
     """A torchvision ``MaskRCNN`` with :class:`LongTailRoIHeads`; see the module docstring."""
     from simcal.detector.class_agnostic import AgnosticFastRCNNPredictor, AgnosticMaskRCNNPredictor
-    from simcal.detector.roi_heads import use_long_tail_roi_heads
+    from simcal.detector.roi_heads import LongTailRoIHeads
 
     small_boxes, resize = kw.pop("small_boxes", "torchvision"), kw.pop("resize", "torchvision")
     paste, boxes = kw.pop("paste_masks", "torchvision"), kw.pop("boxes", "torchvision")
@@ -175,21 +175,21 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
         mp = heads.mask_predictor
         heads.mask_predictor = AgnosticMaskRCNNPredictor(mp.conv5_mask.in_channels, mp.conv5_mask.out_channels,
                                                          num_classes + 1)
-    heads = use_long_tail_roi_heads(model)
-    if small_boxes == "detectron2":  # detectron2 drops only empty boxes (Boxes.nonempty(): width and height > 0)
-        # torchvision's RPN keeps w >= min_size: the smallest positive float makes that w > 0
+    # detectron2 drops only empty boxes (Boxes.nonempty(): width and height > 0); mmdetection v1 keeps every box
+    rules = ({"min_box_size": None, "drop_empty": True} if small_boxes == "detectron2" else {})
+    model.roi_heads = LongTailRoIHeads.like(model.roi_heads, convention=boxes, **rules)
+    if small_boxes == "detectron2":  # torchvision's RPN keeps w >= min_size: the smallest positive float: w > 0
         model.rpn.min_size = torch.finfo(torch.float32).tiny
-        heads.min_box_size, heads.drop_empty = None, True
     if "detectron2" in (resize, paste):  # detector/detectron2_transform.py
         from simcal.detector.detectron2_transform import Detectron2Transform
 
-        model.transform.__class__ = Detectron2Transform
-        model.transform.round_size, model.transform.grid_paste = resize == "detectron2", paste == "detectron2"
+        model.transform = Detectron2Transform.like(model.transform, round_size=resize == "detectron2",
+                                                   grid_paste=paste == "detectron2")
     if boxes == "mmdet1":  # detector/legacy_boxes.py: v1's box coder and proposals, its detections' NMS
         from simcal.detector.legacy_boxes import RCNN_STDS, Mmdet1BoxCoder, Mmdet1RPN
 
         model.rpn = Mmdet1RPN.like(model.rpn)
-        heads.box_coder, heads.box_convention = Mmdet1BoxCoder(RCNN_STDS), "mmdet1"
+        model.roi_heads.box_coder = Mmdet1BoxCoder(RCNN_STDS)
     if resize == "mmdet1":  # detector/mmdet1_transform.py
         from simcal.detector.mmdet1_transform import Mmdet1Transform
 

@@ -21,7 +21,7 @@ detectron2 does on CPU), and returns probabilities like torchvision's paste: (N,
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +70,15 @@ def paste_masks_grid(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) 
 class Detectron2Transform(GeneralizedRCNNTransform):
     """``GeneralizedRCNNTransform`` with detectron2's test-time resize size and/or mask pasting."""
 
-    round_size: bool = False
-    grid_paste: bool = False
+    def __init__(self, *args: Any, round_size: bool = False, grid_paste: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.round_size, self.grid_paste = round_size, grid_paste
+
+    @classmethod
+    def like(cls, t: GeneralizedRCNNTransform, round_size: bool, grid_paste: bool) -> "Detectron2Transform":
+        """``t``'s sizes, mean and std, with detectron2's size rounding and/or mask pasting switched on."""
+        return cls(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size,
+                   round_size=round_size, grid_paste=grid_paste, _skip_resize=t._skip_resize)
 
     def _pil_resize(self) -> bool:
         return self.round_size and not self.training

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 4 -m simcal infer ...      # images sharded, merged output identical
 
 One detector forward per image: the calibrated head scores the same RoI features the
-box head sees (``LongTailRoIHeads.score_fn``); boxes and masks come from the frozen
+box head sees (a ``score_fn`` per variant, ``LongTailRoIHeads.forward_variants``); boxes and masks come from the frozen
 detector's own post-processing (per-class NMS 0.5, at most ``--max-dets`` detections
 per image). A sweep shares the backbone and RPN between its variants
 (:mod:`simcal.infer.variants`) and skips variants whose results already exist with the

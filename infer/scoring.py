@@ -119,7 +119,8 @@ def make_score_fn(
     gamma: float = 1.0,
     cls_score: torch.nn.Linear | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The ``score_fn`` hook of :class:`simcal.detector.roi_heads.LongTailRoIHeads` (None = plain softmax).
+    """A variant's ``score_fn`` for :meth:`simcal.detector.roi_heads.LongTailRoIHeads.forward_variants` (None =
+    plain softmax).
 
     ``cls_score`` is the detector's classifier layer, needed by ``tau_norm``.
     """

@@ -238,6 +238,31 @@ def test_detectron2_roi_align_pools_each_level_with_aligned_true():
     assert not torch.allclose(got, legacy)  # torchvision's own pooler is not aligned
 
 
+@pytest.mark.parametrize("arch", ["tiny", "r50_fpn"])
+def test_default_postprocessing_is_torchvisions_to_the_bit(arch):
+    """Our own builders keep torchvision's rules: detector/roi_heads.py's plain functions give what
+    torchvision's RoIHeads.postprocess_detections gives, bit for bit (ties, thresholds and tiny boxes included)."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    heads = build(arch, 7).eval().roi_heads
+    g = torch.Generator().manual_seed(3)
+    proposals = []
+    for n in (300, 1, 0, 57):
+        xy = torch.rand(n, 2, generator=g) * 120
+        wh = torch.rand(n, 2, generator=g) * 40
+        wh[: n // 10] = 0.004  # under torchvision's 1e-2 small-box limit
+        proposals.append(torch.cat([xy, xy + wh], dim=1))
+    logits = torch.randn(358, 8, generator=g) * 3
+    logits[:20] = logits[0]  # tied scores
+    regression = torch.randn(358, 32, generator=g) * 0.5
+    shapes = [(128, 128), (100, 90), (64, 64), (128, 96)]
+    ours = heads.postprocess_detections(logits, regression, proposals, shapes)
+    theirs = RoIHeads.postprocess_detections(heads, logits, regression, proposals, shapes)
+    assert sum(len(b) for b in ours[0]) > 300
+    for a, b in zip(ours, theirs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 @pytest.mark.parametrize("small_boxes, kept", [("torchvision", 1), ("detectron2", 2)])
 def test_small_boxes_switch_keeps_what_detectron2_keeps(small_boxes, kept):
     """torchvision drops detections under 1e-2 px before NMS; detectron2 keeps them."""
@@ -292,7 +317,7 @@ def test_mmdetection_v1_switches_build_their_modules_and_run():
                                        model.roi_heads.mask_roi_pool, model.roi_heads.box_coder, model.transform)] == \
         ["Mmdet1RPN", "Mmdet1AnchorGenerator", "Mmdet1MultiScaleRoIAlign", "Mmdet1MultiScaleRoIAlign",
          "Mmdet1BoxCoder", "Mmdet1Transform"]
-    assert model.roi_heads.box_convention == "mmdet1" and model.roi_heads.score_thresh == 0.0
+    assert model.roi_heads.convention == "mmdet1" and model.roi_heads.score_thresh == 0.0
     with torch.no_grad():
         out = model([torch.rand(3, 48, 40)])[0]
     assert len(out["boxes"]) == 4 and out["masks"].shape == (4, 1, 48, 40)
