@@ -117,8 +117,9 @@ def _log_path(out: Path) -> Path:
 
 
 def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval_reader=None,
-             source=None) -> dict[str, Any]:
-    """Train (or reuse) one head at ``out``; returns its results row."""
+             source=None, what: str | None = None) -> dict[str, Any]:
+    """Train (or reuse) one head at ``out``; returns its results row. ``what``: say "wrote OUT (what, ...)" when
+    it trains (a reused head has said "reusing OUT")."""
     from tqdm import tqdm
 
     from simcal.calibrate.evaluate_cache import proposal_accuracy
@@ -134,7 +135,10 @@ def _run_one(cache, cfg, out: Path, device, reader, index, eval_cache=None, eval
         head, info = train_head(cache, cfg, device, reader, index, lambda rec: f.write(json.dumps(rec) + "\n"), bar,
                                 source)
     acc = None if eval_cache is None else proposal_accuracy(head, eval_cache, eval_reader, device=device)
-    return _write_head(cache, cfg, out, device, head, info, identity, eval_cache, acc)
+    row = _write_head(cache, cfg, out, device, head, info, identity, eval_cache, acc)
+    if what is not None:
+        print(f"wrote {out} ({what}, {cfg.steps} steps, {row['steps_per_s']} steps/s)")
+    return row
 
 
 def _units(configs: list, todo: list[int], sequential: bool) -> list[list[int]]:
@@ -246,8 +250,8 @@ def _run_online(args: argparse.Namespace, cfg, device) -> int:
     source = OnlineSource(model, ann, image_root, cfg.seed, cfg.classes_per_batch, cfg.bg_ratio)
     spec = DetectorSpec(model, ck, args.checkpoint, ann.fingerprint)
     eval_cache = _open(args.eval_cache) if args.eval_cache else None
-    row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source)
-    print(f"wrote {args.out} (online, {cfg.head}, {cfg.steps} steps, {row['steps_per_s']} steps/s)")
+    row = _run_one(spec, cfg, Path(args.out), device, None, None, eval_cache, None, source=source,
+                   what=f"online, {cfg.head}")
     if eval_cache is not None:
         print(results_table([row]))
     return 0
@@ -410,9 +414,8 @@ def main(args: argparse.Namespace) -> int:
         finish_distributed()
         return rc
     out = Path(args.out)
-    row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader)
-    print(f"wrote {out} ({cfg.head}, {cfg.sampler}, {cfg.loss}, {cfg.steps} steps, "
-          f"{row['steps_per_s']} steps/s)")
+    row = _run_one(cache, cfg, out, device, reader, index, eval_cache, eval_reader,
+                   what=f"{cfg.head}, {cfg.sampler}, {cfg.loss}")
     if eval_cache is not None:
         print(results_table([row]))
     return 0

@@ -102,7 +102,9 @@ def test_training_is_deterministic_and_checkpoints_load(train_cache, tmp_path, c
     assert not torch.equal(a.state_dict()["cls_score.weight"], c.state_dict()["cls_score.weight"])
     out = tmp_path / "h.pth"
     r = cli("calibrate", "--cache", train_cache.path, "--head", "3fc_ft", "--steps", "40", "--out", out)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stdout.startswith(f"wrote {out} (3fc_ft, bilevel, ce, 40 steps, "), r.stderr
+    again = cli("calibrate", "--cache", train_cache.path, "--head", "3fc_ft", "--steps", "40", "--out", out)
+    assert again.returncode == 0 and again.stdout.strip() == f"reusing {out} (same configuration and cache)"
     head, ck = load_head(out)
     assert ck["head"] == "3fc_ft" and ck["steps"] == 40 and ck["detector_fingerprint"].startswith("sha256:")
     assert ck["cache_fingerprint"].startswith("sha256:") and ck["config"]["sampler"] == "bilevel"
