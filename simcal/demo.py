@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help=f"benchmark and training size (default: default). {sizes}")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
+    p.add_argument("--with", dest="extras", default="", metavar="PARTS",
+                   help="comma-separated parts of the paper that need more detector trainings: "
+                   + "; ".join(f"{k}: {v}" for k, v in demo_plan.EXTRAS.items())
+                   + " (default none; the trainings follow --preset's schedule)")
     add_seed_arg(p, "the data, training and calibration")
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -110,7 +114,8 @@ def _write_config(out: Path, args: argparse.Namespace, preset: Preset) -> None:
 
     write_json(out / "config.json",
                       {"command": "demo", **{k: v for k, v in vars(args).items() if k != "func"},
-                       "train_iters": preset.train_iters, "train_batch": preset.train_batch,
+                       "train_iters": preset.train_iters, "table2_iters": preset.table2_iters,
+                       "train_batch": preset.train_batch,
                        "train_lr": preset.train_lr, "calibration_steps": preset.calibration_steps,
                        "sweep_steps": preset.sweep_steps, "online_steps": preset.online_steps,
                        "T_values": demo_plan.T_VALUES},
@@ -144,6 +149,34 @@ def _train(out: Path, data: Path, args: argparse.Namespace, preset: Preset, cloc
             "--out", ckpt, "--resume", "--device", args.device)
     clock.record("train", what, t0, ran)
     return ckpt
+
+
+def _extras(value: str) -> tuple[str, ...]:
+    """``--with``'s parts, checked against :data:`simcal.demo_plan.EXTRAS`."""
+    from simcal.core.errors import input_error
+
+    parts = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+    unknown = [x for x in parts if x not in demo_plan.EXTRAS]
+    if unknown:
+        raise input_error(None, f"--with names unknown parts {unknown}", f"choose from {', '.join(demo_plan.EXTRAS)}")
+    return parts
+
+
+def _train_end_to_end(out: Path, data: Path, plan: Plan, args: argparse.Namespace,
+                      clock: _Timings) -> dict[str, Path]:
+    """Table 2's detectors, each trained with its method and the baseline's settings; checkpoint by name."""
+    preset = plan.preset
+    ckpts = {}
+    for m in plan.end_to_end:
+        ckpts[m.name] = ckpt = out / f"{m.name}_tiny.pth"
+        what = f"Table 2 detector: {m.label}"
+        t0 = clock.start("train", f"{what} -> {ckpt}")
+        ran = not _done(ckpt)
+        _simcal("train", "--data", data, "--arch", "tiny", "--iters", preset.table2_iters, "--batch-size",
+                preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed, *m.train_flags, "--out", ckpt,
+                "--resume", "--device", args.device)
+        clock.record("train", what, t0, ran)
+    return ckpts
 
 
 def _extract(out: Path, ckpt: Path, data: Path, args: argparse.Namespace, clock: _Timings) -> None:
@@ -218,6 +251,20 @@ def _infer(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespa
     return infer_dir
 
 
+def _infer_end_to_end(infer_dir: Path, data: Path, ckpts: dict[str, Path], cap: int, args: argparse.Namespace,
+                      clock: _Timings) -> None:
+    """Each Table-2 detector on val with its own classifier, at the benchmark cap -> OUT/infer/NAME/."""
+    for name, ckpt in ckpts.items():
+        results = infer_dir / name / "results.json"
+        results.parent.mkdir(parents=True, exist_ok=True)
+        what = f"Table 2 detector {name} on val"
+        t0 = clock.start("infer", f"{what} -> {results}")
+        ran = not _done(results)
+        _simcal("infer", "--checkpoint", ckpt, "--data", data, "--split", "val", "--mode", "orig", "--max-dets", cap,
+                "--out", results, "--device", args.device)
+        clock.record("infer", what, t0, ran)
+
+
 def _evaluate(infer_dir: Path, data: Path, plan: Plan, clock: _Timings) -> dict[str, Any]:
     """Box and mask metrics of every planned evaluation; returns them by summary key."""
     from simcal.core.jsonio import read_json
@@ -256,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
     from simcal.core.device import resolve_device
     from simcal.data.annotations import load_annotations
 
+    extras = _extras(args.extras)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
@@ -266,14 +314,17 @@ def run(args: argparse.Namespace) -> int:
     _extract(out, ckpt, data, args, clock)
     val_info = load_annotations(data / "annotations" / "val.json").info
     caps = {"benchmark": int(val_info.get("max_dets_per_image", demo_plan.LVIS_CAP)), "lvis": demo_plan.LVIS_CAP}
-    plan = demo_plan.build(args.preset, args.seed, out / "heads", caps["benchmark"])
+    plan = demo_plan.build(args.preset, args.seed, out / "heads", caps["benchmark"], extras)
+    end_to_end = _train_end_to_end(out, data, plan, args, clock)
     rows = _calibrate(out, plan, args, clock)
     speed = _speed(rows, _calibrate_online(out, data, ckpt, plan, args, clock), plan)
     infer_dir = _infer(out, data, ckpt, plan, args, clock)
+    _infer_end_to_end(infer_dir, data, end_to_end, caps["benchmark"], args, clock)
     summary = _evaluate(infer_dir, data, plan, clock)
     summary["timings"] = clock.records
     summary["calibration_speed"] = speed
-    summary["config"] = {"preset": args.preset, "seed": args.seed, "calibration_steps": preset.calibration_steps,
+    summary["config"] = {"preset": args.preset, "seed": args.seed, "with": list(extras),
+                         "calibration_steps": preset.calibration_steps, "table2_iters": preset.table2_iters,
                          "caps": caps, "device": str(resolve_device(args.device)), "calibration_sweep": rows}
     _report(out, summary, plan)
     return 0

@@ -22,14 +22,15 @@ class Preset:
     calibration_steps: int
     sweep_steps: tuple[int, ...]  # Fig. 4a step counts besides calibration_steps
     online_steps: int  # online (detector-forward) calibration that measures the cache's speed-up
+    table2_iters: int  # each Table-2 detector's training (--with table2); the baseline's schedule but in smoke
 
 
 #: default: docs/design.md §8.1's recipe at batch 8 (lr scaled to 0.01, 4000 iterations, about 5 epochs);
 #: quick: a short run on the 12-class benchmark; smoke: the shortest run through every step (the demo's test).
 PRESETS: dict[str, Preset] = {
-    "default": Preset("42 classes, 128-px images", 4000, 8, 0.01, 1000, (125, 250, 500, 2000), 100),
-    "quick": Preset("12 classes, 64-px images", 150, 8, 0.02, 150, (50, 300), 10),
-    "smoke": Preset("12 classes, 64-px images, 2 val instances per class", 12, 8, 0.02, 40, (20, 80), 5),
+    "default": Preset("42 classes, 128-px images", 4000, 8, 0.01, 1000, (125, 250, 500, 2000), 100, 4000),
+    "quick": Preset("12 classes, 64-px images", 150, 8, 0.02, 150, (50, 300), 10, 150),
+    "smoke": Preset("12 classes, 64-px images, 2 val instances per class", 12, 8, 0.02, 40, (20, 80), 5, 2),
 }
 
 
@@ -52,6 +53,27 @@ DECOUPLED = (Method("decoupled_cm", "CM (margin loss)", "random", "margin"),
              Method("decoupled_lr", "LR (loss re-weighting)", "random", "reweight"),
              Method("decoupled_fl", "FL (focal loss)", "random", "focal"),
              Method("decoupled_is", "IS (repeat-factor sampling)", "repeat_factor", "ce"))
+@dataclass(frozen=True)
+class EndToEnd:
+    """A Table-2 long-tail method: the whole detector trained with it (``simcal train`` flags)."""
+
+    name: str
+    label: str
+    train_flags: tuple[str, ...]
+
+
+#: Table 2 (``simcal demo --with table2``): the Table-4 methods trained end to end, each a detector of its own
+#: with the baseline's schedule, inferred with its own classifier.
+END_TO_END = (EndToEnd("table2_cm", "CM (margin loss)", ("--cls-loss", "margin")),
+              EndToEnd("table2_lr", "LR (loss re-weighting)", ("--cls-loss", "reweight")),
+              EndToEnd("table2_fl", "FL (focal loss)", ("--cls-loss", "focal")),
+              EndToEnd("table2_is", "IS (repeat-factor sampling)", ("--sampler", "repeat_factor")))
+#: What ``simcal demo --with`` adds: the extra detector trainings behind a part of the report.
+EXTRAS = {"table2": "Table 2: the four long-tail methods trained end to end (four more detector trainings)"}
+#: Table 2's rows, and its comparison with Table 4: (end-to-end key, decoupled key, method).
+TABLE2 = (("baseline", "baseline (CE)"), *((m.name, m.label) for m in END_TO_END))
+TABLE2_VS_4 = tuple((e.name, d.name, d.label.split(" (")[0]) for e, d in zip(END_TO_END, DECOUPLED))
+
 #: Fig. 4c boundaries (the paper varies T from 10 to 1000; 3000 covers every class here). MAIN_T is the
 #: dual head's own T, i.e. the ``dual_sel`` variant.
 T_VALUES = (10, 30, 100, 300, 1000, 3000)
@@ -88,6 +110,8 @@ class Layout:
     table4: tuple[tuple[str, str], ...]
     upper_bound: tuple[tuple[str, str], ...]
     at_lvis_cap: tuple[tuple[str, str], ...]
+    table2: tuple[tuple[str, str], ...] = ()  # empty without --with table2
+    table2_vs_4: tuple[tuple[str, str, str], ...] = ()  # (end-to-end key, decoupled key, method)
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,7 @@ class Plan:
     variants: list[dict[str, Any]]  # ``simcal infer --sweep`` variants
     evaluations: tuple[tuple[str, str, int | None], ...]  # (summary key, variant, --max-dets or None)
     layout: Layout
+    end_to_end: tuple[EndToEnd, ...] = ()  # Table 2's detectors (--with table2), inferred at the benchmark cap
 
 
 def head_name(head: str, sampler: str, loss: str, steps: int, seed: int) -> str:
@@ -107,8 +132,9 @@ def head_name(head: str, sampler: str, loss: str, steps: int, seed: int) -> str:
     return f"{head}_{sampler}_{loss}_s{steps}_seed{seed}.pth"
 
 
-def build(preset_name: str, seed: int, heads: Path, cap: int) -> Plan:
-    """The plan for one preset; ``heads`` is the sweep's folder, ``cap`` the benchmark's detections per image."""
+def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str, ...] = ()) -> Plan:
+    """The plan for one preset; ``heads`` is the sweep's folder, ``cap`` the benchmark's detections per image,
+    ``extras`` what ``--with`` adds (:data:`EXTRAS`)."""
     p = PRESETS[preset_name]
 
     def head(h: str = MAIN_HEAD, sampler: str = MAIN_SAMPLER, loss: str = MAIN_LOSS,
@@ -137,6 +163,8 @@ def build(preset_name: str, seed: int, heads: Path, cap: int) -> Plan:
         evaluations.append((v["name"], v["name"], None))
         if v.get("max_dets", LVIS_CAP) == LVIS_CAP:
             evaluations.append((f"{v['name']}_{LVIS_CAP}", v["name"], LVIS_CAP))
+    end_to_end = END_TO_END if "table2" in extras else ()
+    evaluations += [(m.name, m.name, None) for m in end_to_end]
     steps = sorted({*p.sweep_steps, p.calibration_steps})
     layout = Layout(
         table3=TABLE3, table5=TABLE5,
@@ -144,5 +172,6 @@ def build(preset_name: str, seed: int, heads: Path, cap: int) -> Plan:
         fig4b=FIG4B,
         fig4c=tuple(("dual_sel" if t == MAIN_T else f"T_{t}", t) for t in T_VALUES),
         table4=TABLE4, upper_bound=UPPER_BOUND, at_lvis_cap=AT_LVIS_CAP,
+        table2=TABLE2 if end_to_end else (), table2_vs_4=TABLE2_VS_4 if end_to_end else (),
     )
-    return Plan(p, grid, main, variants, tuple(evaluations), layout)
+    return Plan(p, grid, main, variants, tuple(evaluations), layout, end_to_end)
