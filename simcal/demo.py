@@ -302,6 +302,7 @@ def _report(out: Path, summary: dict[str, Any], plan: Plan) -> None:
 def run(args: argparse.Namespace) -> int:
     from simcal.core.device import resolve_device
     from simcal.data.annotations import load_annotations
+    from simcal.demo_report import seed_spread
 
     extras = _extras(args.extras)
     out = Path(args.out)
@@ -321,10 +322,12 @@ def run(args: argparse.Namespace) -> int:
     infer_dir = _infer(out, data, ckpt, plan, args, clock)
     _infer_end_to_end(infer_dir, data, end_to_end, caps["benchmark"], args, clock)
     summary = _evaluate(infer_dir, data, plan, clock)
+    summary.update(seed_spread(summary, demo_plan.SEEDED, plan.seeds))
     summary["timings"] = clock.records
     summary["calibration_speed"] = speed
     summary["config"] = {"preset": args.preset, "seed": args.seed, "with": list(extras),
                          "calibration_steps": preset.calibration_steps, "table2_iters": preset.table2_iters,
+                         "calibration_seeds": list(plan.seeds),
                          "caps": caps, "device": str(resolve_device(args.device)), "calibration_sweep": rows}
     _report(out, summary, plan)
     return 0

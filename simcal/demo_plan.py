@@ -84,6 +84,18 @@ POSTHOC = ("norcal", "logit_adjust", "tau_norm")
 LVIS_CAP = 300
 #: Runs of the summary that are another run under a second name (the main head is Fig. 4b's 3fc_ft).
 ALIASES = {"head_3fc_ft": "dual_sel"}
+#: Calibration seeds of the seeded rows (--seed and the next ones): each row's mean and std over them.
+CALIBRATION_SEEDS = 3
+#: The calibration-side rows run once per calibration seed (Tables 3, 4, 5 and Fig. 4b); the detector stays
+#: one training run.
+SEEDED = ("calibrated", "dual_sel", "dual_avg", *(f"head_{h}" for h in OTHER_HEADS), *(m.name for m in DECOUPLED))
+
+#: The seed comparisons of the report: (summary key, other key, metric, what); a tie when the means are within
+#: one std (the larger of the two).
+SEED_COMPARISONS = (("dual_sel", "dual_avg", "AP", "sel vs avg (Table 5)"),
+                    ("dual_sel", "calibrated", "AP", "dual head vs calibrated alone (Table 3)"),
+                    *(("dual_sel", f"head_{h}", "AP1", f"3fc_ft vs {h} (Fig. 4b)") for h in OTHER_HEADS),
+                    *(("dual_sel", m.name, "AP1", f"bi-level vs {m.label} (Table 4)") for m in DECOUPLED))
 
 #: The report's tables: (summary key, label) rows.
 TABLE3 = (("baseline", "baseline"), ("calibrated", "calibrated (3fc_ft)"), ("dual_sel", "dual head (sel)"))
@@ -125,6 +137,12 @@ class Plan:
     evaluations: tuple[tuple[str, str, int | None], ...]  # (summary key, variant, --max-dets or None)
     layout: Layout
     end_to_end: tuple[EndToEnd, ...] = ()  # Table 2's detectors (--with table2), inferred at the benchmark cap
+    seeds: tuple[int, ...] = ()  # the calibration seeds of the SEEDED rows, --seed first
+
+
+def seeded_name(key: str, seed: int) -> str:
+    """The summary key (and variant name) of seeded row ``key`` with another calibration ``seed``."""
+    return f"{key}.seed{seed}"
 
 
 def head_name(head: str, sampler: str, loss: str, steps: int, seed: int) -> str:
@@ -138,11 +156,12 @@ def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str,
     p = PRESETS[preset_name]
 
     def head(h: str = MAIN_HEAD, sampler: str = MAIN_SAMPLER, loss: str = MAIN_LOSS,
-             n: int = p.calibration_steps) -> str:
-        return str(heads / head_name(h, sampler, loss, n, seed))
+             n: int = p.calibration_steps, s: int = seed) -> str:
+        return str(heads / head_name(h, sampler, loss, n, s))
 
-    grid = [{"head": [MAIN_HEAD, *OTHER_HEADS]}, {"steps": list(p.sweep_steps)},
-            *[{"sampler": [m.sampler], "loss": [m.loss]} for m in DECOUPLED]]
+    seeds = [seed + k for k in range(CALIBRATION_SEEDS)]
+    grid = [{"head": [MAIN_HEAD, *OTHER_HEADS], "seed": seeds}, {"steps": list(p.sweep_steps)},
+            *[{"sampler": [m.sampler], "loss": [m.loss], "seed": seeds} for m in DECOUPLED]]
     main = head()
     # baseline and dual_sel keep LVIS's 300 detections (the report's second table); every other variant
     # stops at the benchmark cap: same detections at that cap, a fraction of the mask cost
@@ -157,6 +176,12 @@ def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str,
                  for m in DECOUPLED]
     variants += [{"name": "props_gt", "props_gt": True, "max_dets": cap}]
     variants += [{"name": r, "posthoc": r, "gamma": 1.0, "max_dets": cap} for r in POSTHOC]
+    by_name = {v["name"]: v for v in variants}
+    for s in seeds[1:]:  # the seeded rows again with the other seeds' heads
+        for name in SEEDED:
+            v = by_name[name]
+            h = Path(v["head_ckpt"]).name.replace(f"_seed{seed}.pth", f"_seed{s}.pth")
+            variants.append({**v, "name": seeded_name(name, s), "head_ckpt": str(heads / h), "max_dets": cap})
     # every variant at the benchmark cap; those that keep LVIS's cap also at that cap, as NAME_300
     evaluations = []
     for v in variants:
@@ -174,4 +199,4 @@ def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str,
         table4=TABLE4, upper_bound=UPPER_BOUND, at_lvis_cap=AT_LVIS_CAP,
         table2=TABLE2 if end_to_end else (), table2_vs_4=TABLE2_VS_4 if end_to_end else (),
     )
-    return Plan(p, grid, main, variants, tuple(evaluations), layout, end_to_end)
+    return Plan(p, grid, main, variants, tuple(evaluations), layout, end_to_end, tuple(seeds))

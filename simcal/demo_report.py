@@ -113,6 +113,50 @@ def timings_table(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def seed_spread(summary: dict[str, Any], keys: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """``KEY_mean`` and ``KEY_std`` for each seeded row: ``{iou type: {metric: value}}`` over its runs with
+    ``seeds`` (``summary[KEY]`` is the first seed's, ``summary[KEY.seedS]`` the others'); std with n - 1."""
+    import statistics
+
+    from simcal.demo_plan import seeded_name
+
+    out: dict[str, Any] = {}
+    for key in keys:
+        runs = [summary[key], *(summary[seeded_name(key, s)] for s in seeds[1:])]
+        for stat, fn in (("mean", statistics.fmean), ("std", statistics.stdev)):
+            out[f"{key}_{stat}"] = {t: {m: fn([r[t][m] for r in runs]) for m in runs[0][t]
+                                        if all(isinstance(r[t].get(m), (int, float)) for r in runs)}
+                                    for t in ("bbox", "segm") if t in runs[0]}
+    return out
+
+
+def seeds_section(summary: dict[str, Any], seeds: Sequence[int]) -> list[str]:
+    """Mask AP mean +- std of the seeded rows over the calibration seeds, and which comparisons are ties."""
+    from simcal.demo_plan import SEED_COMPARISONS, SEEDED
+
+    if len(seeds) < 2:
+        return []
+    cols = (*BINS, "AP")
+
+    def cell(key: str, m: str) -> str:
+        mean, std = summary[f"{key}_mean"]["segm"][m], summary[f"{key}_std"]["segm"][m]
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+    lines = ["## Calibration seeds: mean ± std", "",
+             f"The calibration-side rows over calibration seeds {', '.join(map(str, seeds))} (the same detector, "
+             "one training run, and the same cache), mask AP (%), std over the seeds (n - 1):", "",
+             "| run | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {key} | " + " | ".join(cell(key, m) for m in cols) + " |" for key in SEEDED]
+    lines += ["", "A comparison is a tie when the means are within one std (the larger of the two):", "",
+              "| comparison | metric | first | second | verdict |", "|---|---|---|---|---|"]
+    for a, b, m, what in SEED_COMPARISONS:
+        ma, mb = summary[f"{a}_mean"]["segm"][m], summary[f"{b}_mean"]["segm"][m]
+        sd = max(summary[f"{a}_std"]["segm"][m], summary[f"{b}_std"]["segm"][m])
+        verdict = "tie" if abs(ma - mb) <= sd else ("first ahead" if ma > mb else "second ahead")
+        lines.append(f"| {what} | {m} | {cell(a, m)} | {cell(b, m)} | {verdict} |")
+    return [*lines, ""]
+
+
 def table2_section(summary: dict[str, Any], layout: Layout) -> list[str]:
     """Table 2 (``--with table2``): the methods trained end to end, then beside Table 4's decoupled runs."""
     from simcal.evaluate.tables import compare_table
@@ -215,6 +259,7 @@ def write_report(out: Path, summary: dict[str, Any], layout: Layout) -> str:
         table(layout.table4),
         "",
         *table2_section(summary, layout),
+        *seeds_section(summary, cfg.get("calibration_seeds", [])),
         "## Upper bound and post-hoc baselines",
         "",
         "props-gt: each proposal classified by its ground-truth box (IoU >= 0.5), scored by the detector's "

@@ -1,6 +1,7 @@
 """simcal demo --preset smoke: the whole pipeline end to end, through a real process, and its resume."""
 
 import json
+import statistics
 
 import pytest
 
@@ -18,7 +19,7 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     for section in ("## Checks", "## Table 3", "## Table 5", "## Fig. 4a", "## Fig. 4b", "## Fig. 4c", "## Table 4",
                     "props-gt (upper bound)", "NorCal", "tau-norm", "## Calibration from the cache",
                     "proposal accuracy on the val cache", "| acc_bin1 |", "## Table 2", "| AP1 end to end |",
-                    "## Wall-clock"):
+                    "## Calibration seeds: mean ± std", "| sel vs avg (Table 5) | AP |", "## Wall-clock"):
         assert section in report, section
     for png in ("train_instances.png", "fig4a_steps.png", "fig4b_heads.png", "fig4c_T.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in report
@@ -30,6 +31,11 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     for key in keys:
         for t in ("bbox", "segm"):
             assert set(summary[key][t]) >= {"AP", "AP1", "AP2", "AP3", "AP4", "APr", "APc", "APf"}, key
+    for key in ("calibrated", "dual_sel", "dual_avg", "head_2fc_ncm", "decoupled_is"):  # 3 calibration seeds
+        runs = [summary[key], summary[f"{key}.seed1"], summary[f"{key}.seed2"]]
+        ap = [r["segm"]["AP1"] for r in runs]
+        assert summary[f"{key}_mean"]["segm"]["AP1"] == pytest.approx(sum(ap) / 3)
+        assert summary[f"{key}_std"]["segm"]["AP1"] == pytest.approx(statistics.stdev(ap))
     assert summary["dual_sel"]["config"]["max_dets_per_image"] == 10
     assert summary["dual_sel_300"]["config"]["max_dets_per_image"] == 300
     assert summary["calibration_speed"]["speedup"] > 0 and summary["timings"]
@@ -39,7 +45,7 @@ def test_demo_runs_the_whole_paper_and_resumes(tmp_path, cli):
     # A second run (in-process: the first was the real process) reuses the detector, the heads and the predictions.
     r2 = cli("demo", "--preset", "smoke", "--with", "table2", "--out", out)
     assert r2.returncode == 0 and "reusing" in r2.stdout
-    assert "reusing 22 finished variant(s)" in r2.stdout
+    assert "reusing 42 finished variant(s)" in r2.stdout
     again = json.loads((out / "summary.json").read_text())
     assert again["baseline"]["segm"] == summary["baseline"]["segm"] and again["tau_norm"] == summary["tau_norm"]
 
