@@ -17,9 +17,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tools.reference_inputs import detectron2_weights, images
+from tools.reference_inputs import detectron2_weights, images, mmdet_weights
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "detectron2_reference.json"
+MMDET_FIXTURE = FIXTURE.with_name("mmdet_reference.json")
 
 
 def load_fixture(path: Path = FIXTURE) -> dict[str, Any]:
@@ -57,6 +58,29 @@ def convert_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> t
     out = work / "converted.pth"
     size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
     rc = main(["convert", "--from", "detectron2", str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
+    if rc != 0:
+        raise RuntimeError(f"simcal convert exited {rc}")
+    model, _ = load_checkpoint(out)
+    model.roi_heads.detections_per_img = settings["detections_per_image"]
+    return model.eval()
+
+
+def convert_mmdet_reference(settings: dict[str, Any], work: Path) -> torch.nn.Module:
+    """The mmdetection fixture's weights, as an mmdetection 3.x checkpoint (``meta`` with the class names,
+    ``state_dict``) -> ``simcal convert --from mmdet`` -> our model at the fixture's test settings."""
+    from simcal.cli import main
+    from simcal.detector.checkpoint import load_checkpoint
+
+    k = settings["num_classes"]
+    weights = mmdet_weights(settings["weights_seed"], k, cls_bias=settings["cls_bias"])
+    src = work / "mask-rcnn_r50_fpn.pth"
+    torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": [f"c{c}" for c in range(1, k + 1)]}},
+                "state_dict": weights}, src)
+    ann = work / "train.json"
+    ann.write_text(json.dumps(_annotations(k)))
+    out = work / "converted.pth"
+    size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
+    rc = main(["convert", "--from", "mmdet", str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
     if rc != 0:
         raise RuntimeError(f"simcal convert exited {rc}")
     model, _ = load_checkpoint(out)

@@ -106,3 +106,53 @@ def images(seed: int, sizes: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
             base[inside] = rng.uniform(0, 255, 3)
         out.append(np.clip(base, 0, 255).astype(np.uint8))
     return out
+
+
+#: detectron2 name pattern -> mmdetection v2/v3 name, for :func:`mmdet_weights` (numbered modules re-based:
+#: res2..res5 -> layer1..4, P2..P5 -> 0..3, fc1/fc2 -> shared_fcs 0/1, mask_fcn1..4 -> convs 0..3).
+_D2_TO_MMDET = ((r"^backbone\.bottom_up\.stem\.conv1\.norm\.", lambda m: "backbone.bn1."),
+                (r"^backbone\.bottom_up\.stem\.conv1\.", lambda m: "backbone.conv1."),
+                (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.",
+                 lambda m: f"backbone.layer{int(m[1]) - 1}.{m[2]}.downsample.1."),
+                (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.",
+                 lambda m: f"backbone.layer{int(m[1]) - 1}.{m[2]}.downsample.0."),
+                (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.",
+                 lambda m: f"backbone.layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}."),
+                (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.",
+                 lambda m: f"backbone.layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}."),
+                (r"^backbone\.fpn_lateral(\d)\.", lambda m: f"neck.lateral_convs.{int(m[1]) - 2}.conv."),
+                (r"^backbone\.fpn_output(\d)\.", lambda m: f"neck.fpn_convs.{int(m[1]) - 2}.conv."),
+                (r"^proposal_generator\.rpn_head\.conv\.", lambda m: "rpn_head.rpn_conv."),
+                (r"^proposal_generator\.rpn_head\.objectness_logits\.", lambda m: "rpn_head.rpn_cls."),
+                (r"^proposal_generator\.rpn_head\.anchor_deltas\.", lambda m: "rpn_head.rpn_reg."),
+                (r"^roi_heads\.box_head\.fc(\d)\.", lambda m: f"roi_head.bbox_head.shared_fcs.{int(m[1]) - 1}."),
+                (r"^roi_heads\.box_predictor\.cls_score\.", lambda m: "roi_head.bbox_head.fc_cls."),
+                (r"^roi_heads\.box_predictor\.bbox_pred\.", lambda m: "roi_head.bbox_head.fc_reg."),
+                (r"^roi_heads\.mask_head\.mask_fcn(\d)\.", lambda m: f"roi_head.mask_head.convs.{int(m[1]) - 1}.conv."),
+                (r"^roi_heads\.mask_head\.deconv\.", lambda m: "roi_head.mask_head.upsample."),
+                (r"^roi_heads\.mask_head\.predictor\.", lambda m: "roi_head.mask_head.conv_logits."))
+#: mmdetection's ImageNet std (its R50 takes (RGB - mean) / std, detectron2's 0-255 BGR - mean).
+MMDET_STD = 57.375
+
+
+def mmdet_weights(seed: int, num_classes: int, cls_bias: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """mmdetection v2/v3-named weights of an R50-FPN Mask R-CNN (``style='pytorch'``, BatchNorm with its
+    ``num_batches_tracked``): :func:`detectron2_weights`' values under mmdetection's names (res2..res5 ->
+    layer1..4, P2..P5 -> index 0..3, mask_fcn1..4 -> convs 0..3), background last as both frameworks keep it,
+    the stem scaled by mmdetection's std (its input is normalised, detectron2's is 0-255)."""
+    import re
+
+    def renamed(name: str) -> str:
+        for pattern, repl in _D2_TO_MMDET:
+            new, n = re.subn(pattern, repl, name)
+            if n:
+                return new
+        raise KeyError(name)
+
+    sd = {}
+    for name, value in detectron2_weights(seed, num_classes, cls_bias=cls_bias).items():
+        new = renamed(name)
+        sd[new] = value * MMDET_STD if new == "backbone.conv1.weight" else value
+        if new.endswith(".running_var"):
+            sd[new[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
+    return sd
