@@ -35,15 +35,29 @@ def _annotations(k: int) -> dict:
             "categories": [{"id": c, "name": f"c{c}", "frequency": "f"} for c in range(1, k + 1)]}
 
 
+def _convert(source: str, src: Path, settings: dict[str, Any], work: Path) -> torch.nn.Module:
+    """``simcal convert --from SOURCE`` of ``src`` for classes 1..K at the fixture's test size, loaded, capped."""
+    from simcal.cli import main
+    from simcal.detector.checkpoint import load_checkpoint
+
+    ann = work / "train.json"
+    ann.write_text(json.dumps(_annotations(settings["num_classes"])))
+    out = work / "converted.pth"
+    size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
+    rc = main(["convert", "--from", source, str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
+    if rc != 0:
+        raise RuntimeError(f"simcal convert exited {rc}")
+    model, _ = load_checkpoint(out)
+    model.roi_heads.detections_per_img = settings["detections_per_image"]
+    return model.eval()
+
+
 def convert_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> torch.nn.Module:
     """The fixture's detectron2 weights -> ``simcal convert`` -> our model at the fixture's test settings.
 
     The per-class model goes through a model-zoo ``.pkl`` (protocol 2, as the zoo's), the class-agnostic
     one through a Checkpointer ``.pth``, so both of detectron2's file formats are read.
     """
-    from simcal.cli import main
-    from simcal.detector.checkpoint import load_checkpoint
-
     bias = settings["class_agnostic_cls_bias" if agnostic else "cls_bias"]
     weights = detectron2_weights(settings["weights_seed"], settings["num_classes"], agnostic, cls_bias=bias)
     if agnostic:
@@ -53,39 +67,18 @@ def convert_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> t
         src = work / "model_final.pkl"
         src.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "test"},
                                      protocol=2))
-    ann = work / "train.json"
-    ann.write_text(json.dumps(_annotations(settings["num_classes"])))
-    out = work / "converted.pth"
-    size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
-    rc = main(["convert", "--from", "detectron2", str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
-    if rc != 0:
-        raise RuntimeError(f"simcal convert exited {rc}")
-    model, _ = load_checkpoint(out)
-    model.roi_heads.detections_per_img = settings["detections_per_image"]
-    return model.eval()
+    return _convert("detectron2", src, settings, work)
 
 
 def convert_mmdet_reference(settings: dict[str, Any], work: Path) -> torch.nn.Module:
     """The mmdetection fixture's weights, as an mmdetection 3.x checkpoint (``meta`` with the class names,
     ``state_dict``) -> ``simcal convert --from mmdet`` -> our model at the fixture's test settings."""
-    from simcal.cli import main
-    from simcal.detector.checkpoint import load_checkpoint
-
     k = settings["num_classes"]
     weights = mmdet_weights(settings["weights_seed"], k, cls_bias=settings["cls_bias"])
     src = work / "mask-rcnn_r50_fpn.pth"
     torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": [f"c{c}" for c in range(1, k + 1)]}},
                 "state_dict": weights}, src)
-    ann = work / "train.json"
-    ann.write_text(json.dumps(_annotations(k)))
-    out = work / "converted.pth"
-    size = [str(settings["min_size_test"]), str(settings["max_size_test"])]
-    rc = main(["convert", "--from", "mmdet", str(src), "--ann", str(ann), "--out", str(out), "--test-size", *size])
-    if rc != 0:
-        raise RuntimeError(f"simcal convert exited {rc}")
-    model, _ = load_checkpoint(out)
-    model.roi_heads.detections_per_img = settings["detections_per_image"]
-    return model.eval()
+    return _convert("mmdet", src, settings, work)
 
 
 def run_reference(model: torch.nn.Module, settings: dict[str, Any], count: int | None = None
