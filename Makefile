@@ -54,8 +54,8 @@ lint: $(STAMP)
 # those pages). eval_speed, verify_speed, conversion_agreement, sweep_speed and the LVIS-scale smoke runs
 # need nothing; calibrate_speed runs on a finished `make demo` (DEMO) when there is one.
 DEMO := runs/demo
-# bench-scale: the full LVIS-scale runs behind docs/scale.md (about an hour each on 2 cores; about 30 GB of
-# free disk under SCALE_WORK at a time, deleted as they go).
+# bench-scale: the full LVIS-scale runs behind docs/scale.md (their wall time is in each record and on that page;
+# about 30 GB of free disk under SCALE_WORK at a time, deleted as they go).
 SCALE_WORK ?= runs/scale
 SCALE_SIZES ?= 7,28
 

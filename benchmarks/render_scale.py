@@ -72,7 +72,7 @@ the second four times the first and larger than memory, show whether memory grow
 `benchmarks/eval_speed.py --lvis-scale` evaluates an LVIS v0.5-val-shaped case (5,000 images, 1,230
 categories, 300 detections per image, boxes and masks) with `simcal evaluate` and the `lvis` reference.
 
-The full runs, `make bench-scale` (about an hour each on the 2-core machine, about 30 GB of free disk
+The full runs, `make bench-scale` (each one's wall time is in its section below; about 30 GB of free disk
 at a time; the 28 GB size is above that machine's 24 GB of RAM):
 
 ```bash
@@ -124,7 +124,7 @@ def scale_section(version: str, rec: dict[str, Any] | None) -> list[str]:
     lines += [f"{f['classes']} classes, {f['dim']}-d {f['dtype']} features, torch threads {f.get('threads')}; "
               f"disk: {fmt(f['disk_seq_gb_s'])} GB/s sequential, {fmt(f['disk_rand_gb_s'])} GB/s random "
               f"({fmt(f['disk_read_bytes'])}-byte reads, one at a time), {fmt(f.get('disk_rand_qd8_gb_s'))} GB/s "
-              f"with 8 in flight; val cache {fmt(f['val']['rows'])} rows.", ""]
+              f"with 8 in flight; val cache {fmt(f['val']['rows'])} rows; the whole run {fmt(f.get('total_s'))} s.", ""]
     lines += ["| figure | " + " | ".join(f"{s['gb_target']:g} GB" for s in sizes) + " |",
               "|---|" + "---|" * len(sizes)]
     for label, key in SIZE_ROWS:

@@ -60,7 +60,7 @@ def build(settings: dict):
         if step["type"] == "Resize":
             step = {**step, "scale": (settings["max_size_test"], settings["min_size_test"])}
         steps.append(step)
-    return MODELS.build(cfg.model).eval(), Compose(steps), cfg
+    return MODELS.build(cfg.model).eval(), Compose(steps)
 
 
 def detect(model, pipeline, settings: dict) -> list:
@@ -90,7 +90,7 @@ def centring_bias(model, pipeline, settings: dict) -> list[float]:
 def run(settings: dict) -> list[dict]:
     from pycocotools import mask as mask_utils
 
-    model, pipeline, _ = build(settings)
+    model, pipeline = build(settings)
     weights = mmdet_weights(settings["weights_seed"], settings["num_classes"])
     weights["roi_head.bbox_head.fc_cls.bias"].zero_()
     model.load_state_dict(weights, strict=True)
