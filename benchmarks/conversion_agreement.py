@@ -2,11 +2,12 @@
 
     python benchmarks/conversion_agreement.py
 
-For each recorded detectron2 run (tests/fixtures/detectron2_reference.json, made by
-tools/detectron2_reference.py: per-class and class-agnostic heads, three images each), regenerates
-and converts the weights, runs the converted model on every image and prints, as the last line, one
-JSON object: per variant the worst figure over the images (box IoU of matched detections, score
-difference, mask IoU pooled and per mask, detection counts), and what the fixture was made with.
+For each recorded run of detectron2 (tests/fixtures/detectron2_reference.json, made by
+tools/detectron2_reference.py) and mmdetection 3.x (tests/fixtures/mmdet_reference.json, made by
+tools/mmdet_reference.py), per-class and class-agnostic heads on three images each: regenerates and converts
+the weights, runs the converted model on every image and prints, as the last line, one JSON object: per
+source and variant the worst figure over the images (box IoU of matched detections, score difference, mask
+IoU pooled and per mask, detection counts), and what the fixture was made with.
 """
 
 from __future__ import annotations
@@ -18,16 +19,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.reference_compare import convert_reference, load_fixture, match_detections, run_reference  # noqa: E402
+from tools.reference_compare import (  # noqa: E402
+    FIXTURE,
+    MMDET_FIXTURE,
+    convert_mmdet_reference,
+    convert_reference,
+    load_fixture,
+    match_detections,
+    run_reference,
+)
+
+#: source -> (its fixture, (settings, class-agnostic, work dir) -> the converted model)
+SOURCES = {"detectron2": (FIXTURE, convert_reference), "mmdet": (MMDET_FIXTURE, convert_mmdet_reference)}
 
 
-def main() -> int:
-    fixture = load_fixture()
+def agreement(fixture_path: Path, convert) -> dict:
+    """The worst figures over the fixture's images, per variant, and what the fixture was made with."""
+    fixture = load_fixture(fixture_path)
     settings = fixture["settings"]
-    out: dict = {"source": "detectron2", "made_with": fixture["made_with"], "images": len(settings["sizes"])}
+    out: dict = {"made_with": fixture["made_with"], "images": len(settings["sizes"])}
     for variant in ("per_class", "class_agnostic"):
         with tempfile.TemporaryDirectory() as tmp:
-            model = convert_reference(settings, variant == "class_agnostic", Path(tmp))
+            model = convert(settings, variant == "class_agnostic", Path(tmp))
             ms = [match_detections(ref, det, size)
                   for (size, det), ref in zip(run_reference(model, settings), fixture[variant])]
         out[variant] = {
@@ -37,7 +50,11 @@ def main() -> int:
             "min_mask_iou": min(m["min_mask_iou"] for m in ms),
             "max_prob_off_threshold_where_masks_differ": max(m["max_prob_off_threshold_where_masks_differ"]
                                                              for m in ms)}
-    print(json.dumps(out))
+    return out
+
+
+def main() -> int:
+    print(json.dumps({source: agreement(*how) for source, how in SOURCES.items()}))
     return 0
 
 

@@ -13,7 +13,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   ``roi_align="detectron2"`` pools with ``aligned=True``, ``sampling_ratio=0``
   (:mod:`simcal.detector.aligned_pooler`); ``small_boxes="detectron2"`` drops only empty proposals and
   detections, where torchvision drops those under 1e-3 / 1e-2 pixels; ``resize="detectron2"`` rounds the
-  test-time image size half up and resizes the 8-bit image with PIL, and ``paste_masks="detectron2"``
+  test-time image size half up and resizes the 8-bit image with PIL (``resize="mmdet"``: the same size,
+  OpenCV's bilinear, :mod:`simcal.detector.opencv_resize`), and ``paste_masks="detectron2"``
   pastes masks with ``grid_sample`` (:mod:`simcal.detector.detectron2_transform`).
   mmdetection v1 (the SimCal authors' release) with the value ``"mmdet1"``: ``anchors`` (v1's rounded
   anchors, :mod:`simcal.detector.legacy_anchors`), ``roi_align`` (v1's levels and RoIAlign,
@@ -180,10 +181,11 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     model.roi_heads = LongTailRoIHeads.like(model.roi_heads, convention=boxes, **rules)
     if small_boxes == "detectron2":  # torchvision's RPN keeps w >= min_size: the smallest positive float: w > 0
         model.rpn.min_size = torch.finfo(torch.float32).tiny
-    if "detectron2" in (resize, paste):  # detector/detectron2_transform.py
+    if resize in ("detectron2", "mmdet") or paste == "detectron2":  # detector/detectron2_transform.py
         from simcal.detector.detectron2_transform import Detectron2Transform
 
-        model.transform = Detectron2Transform.like(model.transform, round_size=resize == "detectron2",
+        eight_bit = {"detectron2": "pil", "mmdet": "opencv"}.get(resize)
+        model.transform = Detectron2Transform.like(model.transform, eight_bit=eight_bit,
                                                    grid_paste=paste == "detectron2")
     if boxes == "mmdet1":  # detector/legacy_boxes.py: v1's box coder and proposals, its detections' NMS
         from simcal.detector.legacy_boxes import RCNN_STDS, Mmdet1BoxCoder, Mmdet1RPN
@@ -198,7 +200,7 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
 
 
 #: The values each framework switch of build() takes.
-SWITCHES = {"small_boxes": ("torchvision", "detectron2"), "resize": ("torchvision", "detectron2", "mmdet1"),
+SWITCHES = {"small_boxes": ("torchvision", "detectron2"), "resize": ("torchvision", "detectron2", "mmdet", "mmdet1"),
             "paste_masks": ("torchvision", "detectron2", "mmdet1"), "boxes": ("torchvision", "mmdet1")}
 
 

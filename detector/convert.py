@@ -30,15 +30,16 @@ DETECTRON2_BEHAVIOUR: dict[str, Any] = {"stride_in_1x1": True, "pixel_norm": "de
                                         "roi_align": "detectron2", "small_boxes": "detectron2",
                                         "resize": "detectron2", "paste_masks": "detectron2"}
 
-#: mmdetection v2/v3 R50-FPN's test behaviour: detectron2's on every switch but the two where it is
+#: mmdetection v2/v3 R50-FPN's test behaviour: detectron2's on every switch but three: two where it is
 #: torchvision's (a ``style='pytorch'`` ResNet strides in the 3x3, and takes RGB with ImageNet mean and
-#: std). Read from mmdetection: ``AnchorGenerator`` (scales 8, fixed strides 4..64, ``center_offset=0``,
-#: corners not rounded), mmcv ``RoIAlign`` (``aligned=True``, ``sampling_ratio=0``), RPN and final boxes
-#: kept whenever wider and taller than 0 (``min_bbox_size=0``; no 1e-2 filter), ``mmcv.rescale_size``
-#: (``int(x * scale + 0.5)``), ``FCNMaskHead`` pasting with detectron2's ``_do_paste_mask`` (``grid_sample``)
-#: at threshold ``>= 0.5``. Approximate only where the doc of :mod:`simcal.detector.from_mmdet` says.
+#: std) and the resize filter. Read from mmdetection: ``AnchorGenerator`` (scales 8, fixed strides 4..64,
+#: ``center_offset=0``, corners not rounded), mmcv ``RoIAlign`` (``aligned=True``, ``sampling_ratio=0``),
+#: RPN and final boxes kept whenever wider and taller than 0 (``min_bbox_size=0``; no 1e-2 filter),
+#: ``mmcv.imrescale`` (size ``int(x * scale + 0.5)``, OpenCV's bilinear on the 8-bit image),
+#: ``FCNMaskHead`` pasting with detectron2's ``_do_paste_mask`` (``grid_sample``) at threshold ``>= 0.5``.
+#: Approximate only where the doc of :mod:`simcal.detector.from_mmdet` says.
 MMDET_BEHAVIOUR: dict[str, Any] = {"anchors": "detectron2", "roi_align": "detectron2", "small_boxes": "detectron2",
-                                   "resize": "detectron2", "paste_masks": "detectron2"}
+                                   "resize": "mmdet", "paste_masks": "detectron2"}
 
 #: mmdetection v1's (the SimCal release's) R50-FPN test behaviour: its "+1" pixel convention and one scale
 #: factor, as builder keywords (detector/builders.py): v1's rounded anchors at fixed strides, its box decoding,

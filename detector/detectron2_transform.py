@@ -1,5 +1,5 @@
-"""detectron2's resize size and mask pasting on torchvision's transform (builder keywords ``resize`` and
-``paste_masks`` set to ``"detectron2"``).
+"""detectron2's and mmdetection's resize and mask pasting on torchvision's transform (builder keywords
+``resize`` set to ``"detectron2"`` or ``"mmdet"``, ``paste_masks`` to ``"detectron2"``).
 
 **Resize.** Both scale the shorter side to ``min_size`` unless the longer would pass ``max_size``.
 torchvision floors the output size (``interpolate(scale_factor=..., recompute_scale_factor=True)``);
@@ -9,7 +9,9 @@ normalised float image; detectron2 resizes the uint8 image with PIL's bilinear f
 (``transforms/transform.py::ResizeTransform``), then normalises. :func:`resize_like_pil` does the
 latter on the [0, 1] image before normalising (:meth:`Detectron2Transform.normalize` waits for it):
 an image read from an 8-bit file goes through exactly detectron2's arithmetic; any other values are
-rounded to 8 bits first, as detectron2's reader would have.
+rounded to 8 bits first, as detectron2's reader would have. mmdetection v2/v3 (``Resize`` ->
+``mmcv.imrescale``: the same half-up size) resizes the 8-bit image with OpenCV's ``INTER_LINEAR`` instead:
+``resize="mmdet"`` uses :func:`simcal.detector.opencv_resize.resize_like_opencv` there.
 
 **Mask pasting.** torchvision pads the 28x28 mask to 30x30, grows the box by 30/28, rounds it to
 integers and resizes into it; detectron2 (``layers/mask_ops.py::_do_paste_mask``) samples the mask
@@ -27,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
+
+from simcal.detector.opencv_resize import resize_like_opencv
 
 
 def shortest_edge_size(h: int, w: int, short: float, max_size: float) -> tuple[int, int]:
@@ -67,32 +71,43 @@ def paste_masks_grid(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) 
     return out
 
 
-class Detectron2Transform(GeneralizedRCNNTransform):
-    """``GeneralizedRCNNTransform`` with detectron2's test-time resize size and/or mask pasting."""
+#: ``Detectron2Transform(eight_bit=...)`` -> the filter: (3, H, W) in [0, 1], (h, w) -> (3, h, w).
+EIGHT_BIT = {None: None, "pil": resize_like_pil, "opencv": resize_like_opencv}
 
-    def __init__(self, *args: Any, round_size: bool = False, grid_paste: bool = False, **kwargs: Any) -> None:
+
+class Detectron2Transform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` with detectron2's or mmdetection's test-time resize and/or detectron2's
+    mask pasting.
+
+    ``eight_bit``: None (torchvision's resize), ``"pil"`` (detectron2's) or ``"opencv"`` (mmdetection's):
+    the half-up size, and the filter that resizes the 8-bit image before normalisation.
+    """
+
+    def __init__(self, *args: Any, eight_bit: Optional[str] = None, grid_paste: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.round_size, self.grid_paste = round_size, grid_paste
+        if eight_bit not in EIGHT_BIT:
+            raise ValueError(f"unknown eight_bit {eight_bit!r}; choose from {', '.join(map(str, EIGHT_BIT))}")
+        self.eight_bit, self.grid_paste = eight_bit, grid_paste
 
     @classmethod
-    def like(cls, t: GeneralizedRCNNTransform, round_size: bool, grid_paste: bool) -> "Detectron2Transform":
-        """``t``'s sizes, mean and std, with detectron2's size rounding and/or mask pasting switched on."""
+    def like(cls, t: GeneralizedRCNNTransform, eight_bit: Optional[str], grid_paste: bool) -> "Detectron2Transform":
+        """``t``'s sizes, mean and std, with an 8-bit resize and/or detectron2's mask pasting switched on."""
         return cls(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size,
-                   round_size=round_size, grid_paste=grid_paste, _skip_resize=t._skip_resize)
+                   eight_bit=eight_bit, grid_paste=grid_paste, _skip_resize=t._skip_resize)
 
-    def _pil_resize(self) -> bool:
-        return self.round_size and not self.training
+    def _eight_bit_resize(self) -> bool:
+        return self.eight_bit is not None and not self.training
 
     def normalize(self, image: Tensor) -> Tensor:
-        """Normalises after the resize at test time (detectron2 resizes the 8-bit image first)."""
-        return image if self._pil_resize() else super().normalize(image)
+        """Normalises after the resize at test time (detectron2 and mmdetection resize the 8-bit image first)."""
+        return image if self._eight_bit_resize() else super().normalize(image)
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None):
-        if not self._pil_resize():
+        if not self._eight_bit_resize():
             return super().resize(image, target)
         h, w = image.shape[-2:]
         newh, neww = shortest_edge_size(int(h), int(w), float(self.min_size[-1]), float(self.max_size))
-        image = super().normalize(resize_like_pil(image, (newh, neww)))
+        image = super().normalize(EIGHT_BIT[self.eight_bit](image, (newh, neww)))
         if target is not None:
             _, target = _resize_image_and_masks(image[:, :1, :1], self.min_size[-1], self.max_size, target,
                                                 fixed_size=(neww, newh))

@@ -39,8 +39,8 @@ to these approximations, each far below the tolerances reported for such convers
 
 - box decoding: mmdetection clamps the log-size deltas dw, dh to +-log(1000/16), torchvision only
   from above; they differ only for boxes shrunk below 1.6 % of their anchor's or proposal's size;
-- resize: the same output size (``int(x * scale + 0.5)``), but mmcv resizes the uint8 image with
-  cv2's fixed-point bilinear filter before normalising, we interpolate the normalised float image;
+- resize: mmcv's output size (``int(x * scale + 0.5)``) and OpenCV's fixed-point bilinear filter on the
+  uint8 image, as opencv-python 5.0 and 4.14 compute it (:mod:`simcal.detector.opencv_resize`);
 - small boxes: mmdetection drops proposals of zero width or height (``w > 0``), torchvision's filter
   at size 0 keeps them;
 - RoI level: ``floor(log2(sqrt(area) / 56 + 1e-6))`` against torchvision's

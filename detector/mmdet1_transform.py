@@ -4,10 +4,9 @@ keywords ``resize`` and ``paste_masks`` set to ``"mmdet1"``).
 **Resize** (``mmdet/datasets/transforms.py::ImageTransform``, ``mmcv.imrescale`` at ``img_scale=(1333, 800)``):
 one factor s = min(1333 / long side, 800 / short side) for both axes, output sides ``int(x * s + 0.5)``;
 cv2's bilinear filter on the 8-bit image, then normalisation (ImageNet mean and std on 0-255 RGB, as
-torchvision's), zero padding to a multiple of 32. :func:`resize_like_cv2` resizes the 8-bit image
-(the [0, 1] image rounded to 8 bits, as it was read) with a float bilinear filter at cv2's sample points
-(pixel centres, no antialiasing) and rounds to 8 bits. Approximate: cv2 computes that filter in fixed point
-(11-bit weights, a different rounding on its SIMD path), so a pixel may differ by one grey level.
+torchvision's), zero padding to a multiple of 32. The 8-bit resize is
+:func:`simcal.detector.opencv_resize.resize_like_opencv` (OpenCV's fixed-point arithmetic, as mmdetection
+v2/v3's); the OpenCV of v1's day may have rounded each row's last few values differently.
 The factor reaches the RoI heads with the image size (:class:`ScaledSize`), because v1 maps the detections to
 the original image *before* its NMS (:func:`simcal.detector.legacy_boxes.postprocess_mmdet1`); ground-truth
 boxes are scaled by it too (``BboxTransform``: ``gt_bboxes * scale_factor`` on v1's corners), and detections
@@ -37,19 +36,13 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks
 
 from simcal.detector.legacy_boxes import scale_boxes, to_inclusive, unscale_boxes
+from simcal.detector.opencv_resize import resize_like_opencv
 
 
 def rescale_size(h: int, w: int, short: float = 800, long: float = 1333) -> tuple[int, int, float]:
     """(new h, new w, scale factor): ``mmcv.imrescale(img, (long, short), return_scale=True)``."""
     scale = min(long / max(h, w), short / min(h, w))
     return int(h * float(scale) + 0.5), int(w * float(scale) + 0.5), scale
-
-
-def resize_like_cv2(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """(3, H, W) image in [0, 1] -> (3, h, w) = ``size``: its 8 bits resized bilinearly, rounded to 8 bits."""
-    pixels = (image.detach() * 255).round().clamp(0, 255)
-    out = F.interpolate(pixels[None].double(), size=size, mode="bilinear", align_corners=False)[0]
-    return ((out + 0.5).floor().clamp(0, 255) / 255).to(image.dtype)
 
 
 class ScaledSize(tuple):
@@ -111,7 +104,7 @@ class Mmdet1Transform(GeneralizedRCNNTransform):
         if self.training:
             return super().resize(image, target)
         newh, neww, scale = self._size(*image.shape[-2:])
-        image = super().normalize(resize_like_cv2(image, (newh, neww)))
+        image = super().normalize(resize_like_opencv(image, (newh, neww)))
         if target is not None:
             _, target = _resize_image_and_masks(image[:, :1, :1], self.min_size[-1], self.max_size, target,
                                                 fixed_size=(neww, newh))
@@ -133,4 +126,4 @@ class Mmdet1Transform(GeneralizedRCNNTransform):
         return result
 
 
-__all__ = ["Mmdet1Transform", "ScaledSize", "paste_masks_mmdet1", "rescale_size", "resize_like_cv2"]
+__all__ = ["Mmdet1Transform", "ScaledSize", "paste_masks_mmdet1", "rescale_size"]

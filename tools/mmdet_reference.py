@@ -37,8 +37,9 @@ SETTINGS = {"weights_seed": 0, "image_seed": 1, "num_classes": 8, "sizes": [[240
 CONFIG = "lvis/mask-rcnn_r50_fpn_sample1e-3_ms-1x_lvis-v1.py"
 
 
-def build(settings: dict):
-    """mmdetection's model and test pipeline for the fixture's settings."""
+def build(settings: dict, agnostic: bool):
+    """mmdetection's model and test pipeline for the fixture's settings (``agnostic``: class-agnostic box
+    regression and masks, ``reg_class_agnostic`` and ``class_agnostic``)."""
     import os
 
     import mmdet
@@ -52,6 +53,8 @@ def build(settings: dict):
     cfg.model.backbone.init_cfg = None
     cfg.model.roi_head.bbox_head.num_classes = settings["num_classes"]
     cfg.model.roi_head.mask_head.num_classes = settings["num_classes"]
+    cfg.model.roi_head.bbox_head.reg_class_agnostic = agnostic
+    cfg.model.roi_head.mask_head.class_agnostic = agnostic
     cfg.model.test_cfg.rcnn.max_per_img = settings["detections_per_image"]
     steps = [dict(type="LoadImageFromNDArray")]
     for step in cfg.test_pipeline:
@@ -87,15 +90,17 @@ def centring_bias(model, pipeline, settings: dict) -> list[float]:
     return [round(-float(v), 4) for v in torch.cat(logits).mean(0)]
 
 
-def run(settings: dict) -> list[dict]:
+def run(settings: dict, agnostic: bool) -> list[dict]:
+    """mmdetection's detections of the fixture's images; sets the classifier bias it used in ``settings``."""
     from pycocotools import mask as mask_utils
 
-    model, pipeline = build(settings)
-    weights = mmdet_weights(settings["weights_seed"], settings["num_classes"])
+    model, pipeline = build(settings, agnostic)
+    weights = mmdet_weights(settings["weights_seed"], settings["num_classes"], agnostic)
     weights["roi_head.bbox_head.fc_cls.bias"].zero_()
     model.load_state_dict(weights, strict=True)
-    settings["cls_bias"] = centring_bias(model, pipeline, settings)
-    model.load_state_dict(mmdet_weights(settings["weights_seed"], settings["num_classes"], settings["cls_bias"]),
+    bias = "class_agnostic_cls_bias" if agnostic else "cls_bias"
+    settings[bias] = centring_bias(model, pipeline, settings)
+    model.load_state_dict(mmdet_weights(settings["weights_seed"], settings["num_classes"], agnostic, settings[bias]),
                           strict=True)
     out = []
     for sample in detect(model, pipeline, settings):
@@ -110,41 +115,21 @@ def run(settings: dict) -> list[dict]:
     return out
 
 
-def resize_with_pil() -> None:
-    """Diagnosis only: mmcv's ``imresize`` (OpenCV's bilinear, what mmdetection's ``Resize`` calls) replaced by
-    PIL's bilinear, the resize ``simcal convert`` reproduces; shows what the other behaviours alone give."""
-    import mmcv
-    import mmcv.image.geometric as geometric
-    from PIL import Image
-
-    def imresize(img, size, return_scale=False, interpolation="bilinear", out=None, backend=None):
-        if interpolation != "bilinear":
-            raise ValueError(interpolation)
-        h, w = img.shape[:2]
-        resized = np.asarray(Image.fromarray(img).resize(tuple(size), Image.BILINEAR))
-        return (resized, size[0] / w, size[1] / h) if return_scale else resized
-
-    mmcv.imresize = geometric.imresize = imresize
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="fixture JSON to write")
-    parser.add_argument("--resize", choices=("opencv", "pil"), default="opencv",
-                        help="opencv: mmdetection as it is (the fixture); pil: PIL's resize swapped in (diagnosis)")
     args = parser.parse_args()
+    import cv2
     import mmcv
     import mmdet
     import mmengine
     import torch
 
-    if args.resize == "pil":
-        resize_with_pil()
     settings = dict(SETTINGS)
-    per_class = run(settings)
+    per_class, agnostic = run(settings, False), run(settings, True)
     versions = {"mmdet": mmdet.__version__, "mmcv": mmcv.__version__, "mmengine": mmengine.__version__,
-                "torch": torch.__version__, "config": CONFIG, "resize": args.resize}
-    fixture = {"settings": settings, "made_with": versions, "per_class": per_class}
+                "torch": torch.__version__, "opencv": cv2.__version__, "config": CONFIG}
+    fixture = {"settings": settings, "made_with": versions, "per_class": per_class, "class_agnostic": agnostic}
     Path(args.out).write_text(json.dumps(fixture, separators=(",", ":")) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -70,11 +70,12 @@ def convert_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> t
     return _convert("detectron2", src, settings, work)
 
 
-def convert_mmdet_reference(settings: dict[str, Any], work: Path) -> torch.nn.Module:
+def convert_mmdet_reference(settings: dict[str, Any], agnostic: bool, work: Path) -> torch.nn.Module:
     """The mmdetection fixture's weights, as an mmdetection 3.x checkpoint (``meta`` with the class names,
     ``state_dict``) -> ``simcal convert --from mmdet`` -> our model at the fixture's test settings."""
     k = settings["num_classes"]
-    weights = mmdet_weights(settings["weights_seed"], k, cls_bias=settings["cls_bias"])
+    bias = settings["class_agnostic_cls_bias" if agnostic else "cls_bias"]
+    weights = mmdet_weights(settings["weights_seed"], k, agnostic, cls_bias=bias)
     src = work / "mask-rcnn_r50_fpn.pth"
     torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": [f"c{c}" for c in range(1, k + 1)]}},
                 "state_dict": weights}, src)

@@ -135,11 +135,13 @@ _D2_TO_MMDET = ((r"^backbone\.bottom_up\.stem\.conv1\.norm\.", lambda m: "backbo
 MMDET_STD = 57.375
 
 
-def mmdet_weights(seed: int, num_classes: int, cls_bias: list[float] | None = None) -> dict[str, torch.Tensor]:
+def mmdet_weights(seed: int, num_classes: int, agnostic: bool = False,
+                  cls_bias: list[float] | None = None) -> dict[str, torch.Tensor]:
     """mmdetection v2/v3-named weights of an R50-FPN Mask R-CNN (``style='pytorch'``, BatchNorm with its
     ``num_batches_tracked``): :func:`detectron2_weights`' values under mmdetection's names (res2..res5 ->
     layer1..4, P2..P5 -> index 0..3, mask_fcn1..4 -> convs 0..3), background last as both frameworks keep it,
-    the stem scaled by mmdetection's std (its input is normalised, detectron2's is 0-255)."""
+    the stem scaled by mmdetection's std (its input is normalised, detectron2's is 0-255). ``agnostic``:
+    ``reg_class_agnostic`` box regression (fc_reg (4, 1024)) and a ``class_agnostic`` mask head (one mask)."""
     import re
 
     def renamed(name: str) -> str:
@@ -150,7 +152,7 @@ def mmdet_weights(seed: int, num_classes: int, cls_bias: list[float] | None = No
         raise KeyError(name)
 
     sd = {}
-    for name, value in detectron2_weights(seed, num_classes, cls_bias=cls_bias).items():
+    for name, value in detectron2_weights(seed, num_classes, agnostic, cls_bias=cls_bias).items():
         new = renamed(name)
         sd[new] = value * MMDET_STD if new == "backbone.conv1.weight" else value
         if new.endswith(".running_var"):
