@@ -105,8 +105,11 @@ class LongTailRoIHeads(RoIHeads):
         return BoxRules(self.score_thresh, self.nms_thresh, cap, self.min_box_size, self.drop_empty, self.convention)
 
     def select_training_samples(self, proposals, targets):
+        """torchvision's; with a ``cls_loss``, also hands this forward's sampled labels to :meth:`forward`,
+        which takes them back before it returns (nothing stays on the module)."""
         out = super().select_training_samples(proposals, targets)
-        self._sampled_labels = out[2]
+        if self.cls_loss is not None:
+            self._sampled_labels = out[2]
         return out
 
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -120,7 +123,7 @@ class LongTailRoIHeads(RoIHeads):
             if handle is not None:
                 handle.remove()
         if handle is not None:
-            labels = torch.cat(self._sampled_labels, dim=0)
+            labels = torch.cat(self.__dict__.pop("_sampled_labels"), dim=0)
             losses["loss_classifier"] = self.cls_loss(stash["logits"], labels)
         return result, losses
 

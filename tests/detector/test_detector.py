@@ -105,6 +105,7 @@ def test_loss_hook_replaces_only_the_classifier_loss():
     model.train()
     torch.manual_seed(1)
     hooked = model(images, targets)["loss_classifier"].item()
+    assert "_sampled_labels" not in vars(model.roi_heads)  # nothing of the forward stays on the module
     labels = seen["labels"]
     assert seen["logits"].shape == (len(labels), 6) and (labels == 0).any() and (labels > 0).any()
     ref, _ = fastrcnn_loss(seen["logits"], torch.zeros(len(labels), 6 * 4), [labels], [torch.zeros(len(labels), 4)])
