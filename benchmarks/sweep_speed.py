@@ -11,7 +11,8 @@ the 4 losses at lr 0.01, 0.005 and 0.02 (``--heads`` to change the count), all `
    each batch, the heads stacked);
 3. compute bounds: the same heads' forward + backward on batches already in memory (16 batches of the
    same stream, cycled; no sampling, no read, no update), each head through its own module
-   (``bound_heads``) and all heads through the stack (``bound_stacked``).
+   (``bound_heads``), and all heads through the stack as the batched trainer runs it (``bound_stacked``:
+   its backward includes the first layer's fused SGD step, calibrate/stacked.py; the other updates not).
 
 Rates are head-steps per second (heads x steps / seconds). One untimed warm-up pass of each path
 comes first. Features: ``--cache`` (a cache from ``simcal extract``, read as ``--preload ram``), or by
@@ -106,8 +107,10 @@ def _bounds(cache, cfgs, device, batches, steps: int) -> tuple[float, float]:
         for head, loss in zip(heads, losses):
             loss(head(x), y).backward()
 
+    lrs = [c.lr for c in cfgs]
+
     def stacked(x, y):
-        torch.autograd.backward([loss(lg, y) for loss, lg in zip(losses, stack(x).unbind(0))])
+        torch.autograd.backward([loss(lg, y) for loss, lg in zip(losses, stack(x, lrs).unbind(0))])
 
     out = []
     for step_fn in (own, stacked):

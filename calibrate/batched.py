@@ -14,7 +14,7 @@ Every head keeps what :func:`~simcal.calibrate.trainer.train_head` would give it
 *its own* steps; a head leaves its stack after its last step, so a configuration that differs only in
 ``steps`` is trained to its own end, never a snapshot of a longer run. Its log lines, divergence check
 and refusal are the sequential trainer's too. tests/calibrate/test_batched.py holds the two paths to
-the same weights (max abs difference <= 1e-5; to the bit where the matmuls reduce alike).
+the same weights (max abs difference <= 1e-5; the stack's fused first-layer update rounds apart from SGD's).
 
 Shapes: H heads of a stack, B rows of a batch, D feature width, K = C+1 logits.
 """
@@ -143,12 +143,13 @@ def _stack_step(stack: StackedMLP, ns: list[int], step: int, x: torch.Tensor, y:
     """One update of every head in ``stack`` (positions ``ns``); returns the stack positions done after it
     (their last step, or a loss that is not finite at a checked step) with the refusal, if any."""
     # --amp: bfloat16 matmuls (fp32 weights and loss), as the sequential trainer's autocast
+    lrs = [cfgs[n].lr * lr_factor(cfgs[n], step) for n in ns]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = stack(x)
+        logits = stack(x, lrs)  # the first layer's update happens in the backward (stacked.py)
     per_head = logits.float().unbind(0)
     loss = [losses[n](per_head[i], y) for i, n in enumerate(ns)]
     torch.autograd.backward(loss)
-    stack.sgd_step([cfgs[n].lr * lr_factor(cfgs[n], step) for n in ns])
+    stack.sgd_step(lrs)
     done: dict[int, Exception | None] = {}
     for i, n in enumerate(ns):
         cfg = cfgs[n]

@@ -2,7 +2,7 @@
 
 Every comparison trains the same configurations with ``train_head`` (one after another, the reference)
 and with ``train_group`` over one in-memory feature source (calibrate/memory_cache.py), and holds the
-weights to a max abs difference of 1e-5 (on this project's CPUs they agree to the bit). The sweep's
+weights to a max abs difference of 1e-5 (the stack's fused first-layer update rounds apart). The sweep's
 CLI comparison, which needs a real cache, is in test_calibrate.py beside the other sweep tests.
 """
 
@@ -122,3 +122,22 @@ def test_val_scores_of_many_heads_from_one_read(source):
 def test_heads_of_different_shapes_do_not_stack():
     with pytest.raises(ValueError, match="do not stack"):
         StackedMLP.from_heads([build_head("2fc_rand", 8, 3, 4), build_head("3fc_rand", 8, 3, 4)])
+
+
+def test_the_first_layers_sgd_step_is_fused_into_the_backward():
+    """stack(x, lrs) + backward updates the first layer's weights itself (no gradient kept) by what SGD on its
+    gradient would, each head at its own rate; the other layers keep their gradients for sgd_step."""
+    torch.manual_seed(0)
+    heads = [build_head("3fc_rand", 16, 5, hidden=8) for _ in range(3)]
+    x, y, lrs = torch.randn(7, 16), torch.randint(0, 6, (7,)), [0.1, 0.0, 0.3]
+    plain, fused = StackedMLP.from_heads(heads), StackedMLP.from_heads(heads)
+    torch.autograd.backward([torch.nn.functional.cross_entropy(lg, y) for lg in plain(x).unbind(0)])
+    torch.autograd.backward([torch.nn.functional.cross_entropy(lg, y) for lg in fused(x, lrs).unbind(0)])
+    w0, grad = plain.params["fc6.weight"].detach(), plain.params["fc6.weight"].grad
+    assert fused.params["fc6.weight"].grad is None and fused.params["fc7.weight"].grad is not None
+    want = w0 - torch.tensor(lrs)[:, None, None] * grad
+    assert torch.allclose(fused.params["fc6.weight"].detach(), want, atol=1e-7, rtol=0)
+    assert torch.equal(fused.params["fc6.weight"][1], w0[1]) and not torch.equal(fused.params["fc6.weight"][2], w0[2])
+    fused.sgd_step(lrs)
+    plain.sgd_step(lrs)
+    assert all(torch.allclose(fused.params[k], plain.params[k], atol=1e-7, rtol=0) for k in plain.params)
