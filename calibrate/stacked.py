@@ -14,10 +14,11 @@ The forward takes the batch the heads share, ``(B, D)`` features, and returns ``
   one matmul back, ``(D, B) @ (B, H*out)``);
 - each later layer is a batched matmul over the heads' own ``(H, B, width)`` activations (``baddbmm``).
 
-Training (``stack(x, lrs)``, then :meth:`StackedMLP.sgd_step`): the first layer's SGD step is fused into
-its backward, ``W -= (lr * g)^T @ x`` in one matmul that adds into the weights, so its ``(H, h, D)`` weight
-gradient, the largest tensor of a step, is never written and read back (a step was a third faster, measured
-with benchmarks/sweep_speed.py). The other parameters take torch.optim.SGD's update from their gradients.
+Training (``stack(x, lrs)``, backward, then :meth:`StackedMLP.sgd_step`): each layer's backward takes its
+SGD step itself, ``W -= (lr * g)^T @ a`` as one matmul that adds into the weights and ``b -= lr * sum(g)``,
+so no weight gradient is ever written and read back (the first layer's ``(H, h, D)`` one is the largest
+tensor of a step). Under ``--amp`` (bfloat16 gradients) the layers return gradients instead and
+:meth:`StackedMLP.sgd_step` applies torch.optim.SGD's update.
 
 Each output element is the same reduction as in the head's own ``nn.Linear``: on CPU the logits are the
 same to the bit with one thread, and within float32 rounding where BLAS splits a product differently over
@@ -39,43 +40,58 @@ from simcal.calibrate.heads import MLPHead
 LAYERS = {0: ("cls_score",), 1: ("fc6", "cls_score"), 2: ("fc6", "fc7", "cls_score")}
 
 
-class SharedInputLinear(torch.autograd.Function):
-    """H linear layers over one shared batch: ``(B, D)`` x, ``(H, O, D)`` w, ``(H, O)`` b -> ``(H, B, O)``.
+class StackedLinear(torch.autograd.Function):
+    """H linear layers: ``(B, D)`` x shared by all heads or ``(H, B, D)`` each its own, ``(H, O, D)`` w, ``(H, O)``
+    b -> ``(H, B, O)``.
 
-    One matmul forward, ``x @ [w_0; ...; w_H-1]^T + b``, and one back for the weights, ``grad^T @ x``:
-    each block is what the head's own ``nn.Linear`` computes, up to the order of the float sums. The bias
-    gradient is summed over the batch in ``(H, B, O)`` order, the order a single head's ``(B, O)``
-    gradient is summed in (summed as ``(B, H*O)``, float32 would round differently). Under autocast the
-    matmul runs in its dtype, and the backward uses the same cast of ``x`` as autocast's backward of
-    ``F.linear``.
+    Shared input: one matmul forward, ``x @ [w_0; ...; w_H-1]^T + b``, and one back for the weights,
+    ``grad^T @ x``. Per-head input: ``baddbmm`` forward, ``bmm`` back. Each block is what the head's own
+    ``nn.Linear`` computes, up to the order of the float sums; the weight gradient comes out in the weights'
+    own layout (x^T @ g, transposed, is what autograd gives one nn.Linear, and the transposing copy into
+    ``.grad`` cost more than the matmuls). The bias gradient is summed over the batch in ``(H, B, O)`` order,
+    the order a single head's ``(B, O)`` gradient is summed in. Under autocast the matmul runs in its dtype,
+    and the backward uses the same cast of ``x`` as autocast's backward of ``F.linear``.
 
-    ``step``: ``(H*O,)`` minus each head's lr, one per output row (or None): the backward then takes the
-    SGD step on ``w`` itself, ``w += (g * step)^T @ x``, and gives ``w`` no gradient (float32 only; under
-    autocast the gradient is returned for :meth:`StackedMLP.sgd_step`).
+    ``step``: ``(H,)`` minus each head's lr (or None): the backward then takes the SGD step on ``w`` and ``b``
+    itself and gives them no gradient (when the gradient is float32 like the weights; under autocast it
+    returns the gradients for :meth:`StackedMLP.sgd_step`).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, step: torch.Tensor | None) -> torch.Tensor:
         H, O, D = w.shape
-        out = torch.addmm(b.reshape(H * O), x, w.reshape(H * O, D).t())  # (B, H*O)
-        ctx.save_for_backward(x if x.dtype == out.dtype else x.to(out.dtype), w)
+        if x.dim() == 2:
+            out = torch.addmm(b.reshape(H * O), x, w.reshape(H * O, D).t()).view(len(x), H, O).transpose(0, 1)
+        else:
+            out = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+        ctx.save_for_backward(x if x.dtype == out.dtype else x.to(out.dtype), w, b)
         ctx.step = step
-        return out.view(len(x), H, O).transpose(0, 1)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, None]:
-        x, w = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                   torch.Tensor | None, None]:
+        x, w, b = ctx.saved_tensors
         H, B, O = grad.shape
-        g = grad.transpose(0, 1).reshape(B, H * O)  # (B, H*O), as the forward's matmul wrote it
-        gx = g.mm(w.reshape(H * O, -1).to(g.dtype)) if ctx.needs_input_grad[0] else None
-        if ctx.step is not None and g.dtype == w.dtype:
-            w.view(H * O, -1).addmm_((g * ctx.step).t(), x)  # the SGD step, fused: no (H, O, D) gradient
-            gw = None
+        fused = ctx.step is not None and grad.dtype == w.dtype
+        gb = grad.contiguous().sum(1)  # (H, O)
+        if x.dim() == 2:
+            g = grad.transpose(0, 1).reshape(B, H * O)  # (B, H*O), as the forward's matmul wrote it
+            gx = g.mm(w.reshape(H * O, -1).to(g.dtype)) if ctx.needs_input_grad[0] else None
+            if fused:
+                w.view(H * O, -1).addmm_((g.view(B, H, O) * ctx.step[:, None]).view(B, H * O).t(), x)
+            else:
+                gw = g.t().mm(x).view(H, O, -1)  # (H*O, B) @ (B, D) -> (H, O, D)
         else:
-            # (H*O, B) @ (B, D): the gradient in the weights' own layout. x^T @ g, transposed, is what autograd
-            # gives one nn.Linear, and the transposing copy into .grad cost more than the matmuls (54 % of a step)
-            gw = g.t().mm(x).view(H, O, -1)  # (H, O, D)
-        return gx, gw, grad.contiguous().sum(1), None
+            gx = torch.bmm(grad, w.to(grad.dtype)) if ctx.needs_input_grad[0] else None  # (H, B, D)
+            if fused:
+                w.baddbmm_((grad * ctx.step[:, None, None]).transpose(1, 2), x)
+            else:
+                gw = torch.bmm(grad.transpose(1, 2), x)  # (H, O, B) @ (H, B, D) -> (H, O, D)
+        if fused:
+            b.add_(gb * ctx.step[:, None])
+            return gx, None, None, None
+        return gx, gw, gb, None
 
 
 class StackedMLP:
@@ -84,7 +100,7 @@ class StackedMLP:
     def __init__(self, params: dict[str, torch.Tensor], layers: int) -> None:
         self.layers = layers
         self.params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-        self._steps: dict[tuple[float, ...], torch.Tensor] = {}  # lrs -> SharedInputLinear's step, on the device
+        self._steps: dict[tuple[float, ...], torch.Tensor] = {}  # lrs -> StackedLinear's step, on the device
 
     @classmethod
     def from_heads(cls, heads: Sequence[MLPHead]) -> "StackedMLP":
@@ -100,33 +116,30 @@ class StackedMLP:
 
     def __call__(self, x: torch.Tensor, lrs: Sequence[float] | None = None) -> torch.Tensor:
         """``(B, D)`` features -> ``(H, B, K)`` logits, head ``i``'s in ``[i]``. With ``lrs`` (one per head), the
-        backward takes the first layer's SGD step at those rates; :meth:`sgd_step` with the same ``lrs`` does the
-        rest."""
-        first, *rest = LAYERS[self.layers]
-        w = self.params[f"{first}.weight"]
-        a = SharedInputLinear.apply(x, w, self.params[f"{first}.bias"], None if lrs is None else self._step(lrs))
-        for name in rest:
-            w, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-            a = torch.baddbmm(b[:, None, :], F.relu(a), w.transpose(1, 2))
+        backward takes the SGD step at those rates; call :meth:`sgd_step` with the same ``lrs`` after it."""
+        step = None if lrs is None else self._step(lrs)
+        a = x
+        for n, name in enumerate(LAYERS[self.layers]):
+            a = StackedLinear.apply(F.relu(a) if n else a, self.params[f"{name}.weight"], self.params[f"{name}.bias"],
+                                    step)
         return a.contiguous()
 
     def _step(self, lrs: Sequence[float]) -> torch.Tensor:
-        """``(H*O,)`` minus each head's lr per first-layer output row; made on the device once per set of rates."""
+        """``(H,)`` minus each head's lr, made on the device once per set of rates (they change at the drops)."""
         key = tuple(lrs)
         if key not in self._steps:
-            w = self.params[f"{LAYERS[self.layers][0]}.weight"]
-            step = -torch.tensor(key, dtype=w.dtype).repeat_interleave(w.shape[1])
-            self._steps = {key: step.to(w.device)}  # rates change only at the schedule's drops
+            bias = self.params["cls_score.bias"]
+            self._steps = {key: (-torch.tensor(key, dtype=bias.dtype)).to(bias.device)}
         return self._steps[key]
 
     @torch.no_grad()
     def sgd_step(self, lrs: Sequence[float]) -> None:
         """``p[i] -= lrs[i] * p.grad[i]`` for every parameter with a gradient (torch.optim.SGD's update without
-        momentum or weight decay, head by head: the same kernel on the same numbers), then the gradients are
-        cleared."""
+        momentum or weight decay, head by head: the same kernel on the same numbers; none after a fused
+        backward), then the gradients are cleared."""
         params = [p for p in self.params.values() if p.grad is not None]
         by_lr: dict[float, list[int]] = {}
-        for i, lr in enumerate(lrs):
+        for i, lr in enumerate(lrs if params else ()):
             by_lr.setdefault(lr, []).append(i)
         for lr, heads in by_lr.items():
             torch._foreach_add_([p[i] for p in params for i in heads], [p.grad[i] for p in params for i in heads],

@@ -124,20 +124,21 @@ def test_heads_of_different_shapes_do_not_stack():
         StackedMLP.from_heads([build_head("2fc_rand", 8, 3, 4), build_head("3fc_rand", 8, 3, 4)])
 
 
-def test_the_first_layers_sgd_step_is_fused_into_the_backward():
-    """stack(x, lrs) + backward updates the first layer's weights itself (no gradient kept) by what SGD on its
-    gradient would, each head at its own rate; the other layers keep their gradients for sgd_step."""
+def test_the_sgd_step_is_fused_into_the_backward():
+    """stack(x, lrs) + backward updates every weight itself (no gradient kept) by what SGD on its gradient would,
+    each head at its own rate (a rate of 0 leaves a head as it was)."""
     torch.manual_seed(0)
     heads = [build_head("3fc_rand", 16, 5, hidden=8) for _ in range(3)]
     x, y, lrs = torch.randn(7, 16), torch.randint(0, 6, (7,)), [0.1, 0.0, 0.3]
     plain, fused = StackedMLP.from_heads(heads), StackedMLP.from_heads(heads)
+    before = {k: v.detach().clone() for k, v in plain.params.items()}
     torch.autograd.backward([torch.nn.functional.cross_entropy(lg, y) for lg in plain(x).unbind(0)])
     torch.autograd.backward([torch.nn.functional.cross_entropy(lg, y) for lg in fused(x, lrs).unbind(0)])
-    w0, grad = plain.params["fc6.weight"].detach(), plain.params["fc6.weight"].grad
-    assert fused.params["fc6.weight"].grad is None and fused.params["fc7.weight"].grad is not None
-    want = w0 - torch.tensor(lrs)[:, None, None] * grad
-    assert torch.allclose(fused.params["fc6.weight"].detach(), want, atol=1e-7, rtol=0)
-    assert torch.equal(fused.params["fc6.weight"][1], w0[1]) and not torch.equal(fused.params["fc6.weight"][2], w0[2])
-    fused.sgd_step(lrs)
+    assert all(p.grad is None for p in fused.params.values())
+    for k, p in plain.params.items():
+        want = before[k] - torch.tensor(lrs).view(-1, *[1] * (p.dim() - 1)) * p.grad
+        assert torch.allclose(fused.params[k].detach(), want, atol=1e-7, rtol=0), k
+        assert torch.equal(fused.params[k][1], before[k][1]) and not torch.equal(fused.params[k][2], before[k][2]), k
     plain.sgd_step(lrs)
+    fused.sgd_step(lrs)  # nothing left to do
     assert all(torch.allclose(fused.params[k], plain.params[k], atol=1e-7, rtol=0) for k in plain.params)
