@@ -15,9 +15,10 @@ the 4 losses at lr 0.01, 0.005 and 0.02 (``--heads`` to change the count), all `
    its backward includes the first layer's fused SGD step, calibrate/stacked.py; the other updates not).
 
 Rates are head-steps per second (heads x steps / seconds). One untimed warm-up pass of each path
-comes first; then ``--repeat`` rounds (default 3) each time the four in turn, and every rate is the best
-round's (the ratios of rates timed minutes apart swing by tens of percent on a shared machine; the
-per-round batched/sequential ratios are printed too). Features: ``--cache`` (a cache from
+comes first; then ``--repeat`` rounds (default 5) each time the four in turn (sequential, batched, stacked
+bound, own-module bound), and every rate and ratio is the median over the rounds of that round's figure:
+on a shared machine the speed drifts by tens of percent within minutes, so a ratio is taken between
+measurements made seconds apart (the per-round ratios are printed too). Features: ``--cache`` (a cache from
 ``simcal extract``, read as ``--preload ram``), or by default an in-memory synthetic cache of the tap's
 sizes (simcal/calibrate/memory_cache.py): ``tiny`` 3136-d features, hidden 256, 42 classes (the demo's
 detector); ``r50`` 12544-d, hidden 1024, 1230 classes (LVIS). The batched heads are checked against the
@@ -116,7 +117,7 @@ def _bounds(cache, cfgs, device, batches, steps: int) -> tuple[float, float]:
         torch.autograd.backward([loss(lg, y) for loss, lg in zip(losses, stack(x, lrs).unbind(0))])
 
     out = []
-    for step_fn in (own, stacked):
+    for step_fn in (stacked, own):  # the stacked bound right after the batched run it is compared with
         step_fn(*batches[0])  # warm-up
         _sync(device)
         t0 = time.perf_counter()
@@ -126,7 +127,7 @@ def _bounds(cache, cfgs, device, batches, steps: int) -> tuple[float, float]:
                 p.grad = None
         _sync(device)
         out.append(time.perf_counter() - t0)
-    return out[0], out[1]
+    return out[1], out[0]
 
 
 def _profile(cache, cfgs, device, reader, index, top: int = 8) -> dict[str, float]:
@@ -154,7 +155,7 @@ def main() -> None:
     p.add_argument("--cache", help="train on this cache's features instead of synthetic ones")
     p.add_argument("--heads", type=int, default=12, help="heads in the group (default 12)")
     p.add_argument("--steps", type=int, default=200, help="steps per head (default 200)")
-    p.add_argument("--repeat", type=int, default=3, help="timed rounds; each rate is the best round's (default 3)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds; figures are their medians (default 5)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (256-d, hidden 32) and 8 steps: a smoke run")
     p.add_argument("--device", default="cpu", help="cpu or cuda (features, heads and steps there)")
     args = p.parse_args()
@@ -176,25 +177,26 @@ def main() -> None:
         seq_heads, seq_s = _sequential(cache, cfgs, device, reader, index)
         bat_heads, bat_s = _batched(cache, cfgs, device, reader, index)
         rounds.append((seq_s, bat_s, *_bounds(cache, cfgs, device, batches, steps)))
-    seq_s, bat_s, bound_heads_s, bound_stacked_s = (min(r[k] for r in rounds) for k in range(4))
 
     profile_pct = _profile(cache, _configs(args.heads, min(steps, 20)), device, reader, index)
 
     diff = max((a.double() - b.double()).abs().max().item() for h, g in zip(seq_heads, bat_heads)
                for a, b in zip(h.state_dict().values(), g.state_dict().values()))
     head_steps = len(cfgs) * steps
-    rate = {k: head_steps / s for k, s in (("sequential", seq_s), ("batched", bat_s), ("bound_heads", bound_heads_s),
-                                           ("bound_stacked", bound_stacked_s))}
+    rates = [dict(zip(("sequential", "batched", "bound_heads", "bound_stacked"), (head_steps / s for s in r)))
+             for r in rounds]
+
+    def median(f) -> float:
+        return float(np.median([f(r) for r in rates]))
+
+    ratios = {"batched_vs_sequential": ("batched", "sequential"), "batched_vs_bound_heads": ("batched", "bound_heads"),
+              "batched_vs_bound_stacked": ("batched", "bound_stacked"),
+              "sequential_vs_bound_heads": ("sequential", "bound_heads")}
     out = {
-        "head_steps_per_s_sequential": round(rate["sequential"], 1),
-        "head_steps_per_s_batched": round(rate["batched"], 1),
-        "head_steps_per_s_bound_heads": round(rate["bound_heads"], 1),
-        "head_steps_per_s_bound_stacked": round(rate["bound_stacked"], 1),
-        "batched_vs_sequential": round(rate["batched"] / rate["sequential"], 3),
-        "batched_vs_bound_heads": round(rate["batched"] / rate["bound_heads"], 3),
-        "batched_vs_bound_stacked": round(rate["batched"] / rate["bound_stacked"], 3),
-        "sequential_vs_bound_heads": round(rate["sequential"] / rate["bound_heads"], 3),
-        "batched_vs_sequential_per_round": [round(r[0] / r[1], 3) for r in rounds],
+        **{f"head_steps_per_s_{k}": round(median(lambda r: r[k]), 1) for k in rates[0]},
+        **{name: round(median(lambda r: r[a] / r[b]), 3) for name, (a, b) in ratios.items()},
+        **{f"{name}_per_round": [round(r[a] / r[b], 3) for r in rates] for name, (a, b) in ratios.items()
+           if name != "sequential_vs_bound_heads"},
         "max_abs_weight_diff": diff,
         "heads": len(cfgs),
         "steps": steps,
