@@ -104,32 +104,26 @@ def verify(cache: Cache) -> list[str]:
 
 
 def _value_problems(cache: Cache) -> list[str]:
-    """Ranges and consistency of the values (the structure and checksums already hold)."""
+    """Ranges and consistency of the values (the structure and checksums already hold).
+
+    Memory: the row arrays are scanned in blocks of rows; only the index rebuild holds whole columns,
+    the labels as 16-bit and the image index as 32-bit integers (a few bytes per row in all).
+    """
     from simcal.extract.store import build_index
 
-    problems = []
     a = cache.attrs
     R, I, C = cache.num_rows, int(cache["image_ids"].shape[0]), len(a["categories"])
-    labels = np.asarray(cache["labels"][:]).astype(np.int64)
-    image_index = np.asarray(cache["image_index"][:]).astype(np.int64)
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
-        problems.append(f"labels outside 0..{C}")
-        return problems  # the index cannot be rebuilt from them
-    if len(image_index) and (np.any(np.diff(image_index) < 0) or image_index.min() < 0 or image_index.max() >= I):
-        problems.append("rows are not grouped by image in image-index order")
+    problems, fg = _scan_rows(cache, R, I, C)
+    if problems:
         return problems
+    labels = np.asarray(cache["labels"][:]).astype(np.int16 if C < 2**15 - 1 else np.int64, copy=False)
+    image_index = np.asarray(cache["image_index"][:]).astype(np.int32 if I < 2**31 - 1 else np.int64, copy=False)
     expected = build_index(labels, image_index, I, C)
+    del labels, image_index
     problems += [f"index/{name} disagrees with the labels" for name in INDEX_ARRAYS
-                 if not np.array_equal(cache.index(name), expected[name])]
-    ious = np.asarray(cache["ious"][:])
-    if not (np.isfinite(ious).all() and ious.min(initial=0) >= 0 and ious.max(initial=0) <= 1):
-        problems.append("ious outside [0, 1]")
-    boxes = np.asarray(cache["boxes"][:])
-    if not np.isfinite(boxes).all() or np.any(boxes[:, 2:] < boxes[:, :2]):
-        problems.append("boxes that are not finite xyxy boxes")
+                 if not np.array_equal(cache.index(name), expected.pop(name))]
     if len(np.unique(np.asarray(cache["image_ids"][:]))) != I:
         problems.append("repeated image ids")
-    fg = int((labels > 0).sum())
     counts = a.get("counts") or {}
     if (counts.get("rows"), counts.get("fg_rows"), counts.get("images")) != (R, fg, I):
         problems.append(f"the 'counts' attribute says {counts.get('rows')} rows / {counts.get('fg_rows')} fg / "
@@ -146,6 +140,32 @@ def _value_problems(cache: Cache) -> list[str]:
             problems.append(f"non-finite features in rows {start}..{start + len(bits) - 1}")
             break
     return problems
+
+
+def _scan_rows(cache: Cache, R: int, I: int, C: int, block: int = 1 << 19) -> tuple[list[str], int]:
+    """(problems, foreground rows) of the per-row arrays, read ``block`` rows at a time (a multiple of every
+    row array's chunk, extract/store.py ``chunk_rows``): labels in 0..C, rows grouped by image in image-index
+    order, IoUs in [0, 1], finite xyxy boxes. Stops at a label or grouping problem (the index cannot be
+    rebuilt from such rows)."""
+    problems: set[str] = set()
+    fg, last_image = 0, -1
+    for start in range(0, R, block):
+        labels = np.asarray(cache["labels"][start : start + block])
+        if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
+            return [f"labels outside 0..{C}"], fg
+        image_index = np.asarray(cache["image_index"][start : start + block]).astype(np.int64)
+        if len(image_index) and (image_index[0] < last_image or np.any(np.diff(image_index) < 0)
+                                 or image_index.min() < 0 or image_index.max() >= I):
+            return ["rows are not grouped by image in image-index order"], fg
+        last_image = int(image_index[-1]) if len(image_index) else last_image
+        fg += int(np.count_nonzero(labels))
+        ious = np.asarray(cache["ious"][start : start + block])
+        if not (np.isfinite(ious).all() and ious.min(initial=0) >= 0 and ious.max(initial=0) <= 1):
+            problems.add("ious outside [0, 1]")
+        boxes = np.asarray(cache["boxes"][start : start + block])
+        if not np.isfinite(boxes).all() or np.any(boxes[:, 2:] < boxes[:, :2]):
+            problems.add("boxes that are not finite xyxy boxes")
+    return sorted(problems, key=["ious outside [0, 1]", "boxes that are not finite xyxy boxes"].index), fg
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -96,7 +96,7 @@ def csr(keys: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
     A stable sort: a radix sort for 16-bit keys such as the labels, so the class index of a
     large cache costs one pass over its rows, not a comparison sort.
     """
-    order = np.argsort(keys, kind="stable").astype(np.int64)
+    order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
     return counts_ptr(np.bincount(keys, minlength=num_keys)), order
 
 
@@ -117,7 +117,8 @@ def build_index(
     images are already ascending: its images are where the image changes along its rows.
     Memory: a few int64 per row, no sort of (class, image) pairs.
     """
-    image_row_ptr = np.searchsorted(image_index, np.arange(num_images + 1), side="left").astype(np.int64)
+    bounds = np.arange(num_images + 1, dtype=image_index.dtype)  # same dtype: no int64 copy of the image index
+    image_row_ptr = np.searchsorted(image_index, bounds, side="left").astype(np.int64)
     # 16-bit keys: numpy's stable argsort is then a radix sort (labels are in 0..C, checked by the callers)
     keys = labels.astype(np.int16 if num_classes < 2**15 - 1 else np.int64, copy=False)
     class_row_ptr, class_rows = csr(keys, num_classes + 1)

@@ -118,3 +118,30 @@ def test_a_sound_cache_and_its_export_verify(quick_val_cache, tmp_path, cli):
     assert cli("cache", "verify", tmp_path / "v.h5").returncode == 0
     _flip(tmp_path, "v.h5", 5000)  # a byte of the datasets' data, near the end of the file
     _one_line(cli("cache", "verify", tmp_path / "v.h5"), "does not match its crc32c")
+
+
+def test_the_row_scan_reads_in_blocks_and_sees_across_their_edges():
+    """cache verify reads the row arrays a block at a time: a problem in any block, or an image-order break
+    exactly at a block's edge, is found as when the rows are read whole."""
+    from simcal.extract.cache_tools import _scan_rows
+
+    rows = {"labels": np.array([0, 2, 1, 0, 3, 0, 0, 1], np.int16), "image_index": np.array([0, 0, 1, 1, 2, 2, 3, 3]),
+            "ious": np.linspace(0, 1, 8, dtype=np.float32), "boxes": np.tile(np.float32([0, 0, 2, 3]), (8, 1))}
+
+    def scan(block, **damage):
+        return _scan_rows({**rows, **damage}, 8, 4, 3, block=block)
+
+    assert scan(3) == scan(8) == ([], 4)
+    late = rows["image_index"].copy()
+    late[4:] = [1, 1, 2, 2]  # still grouped
+    assert scan(4, image_index=late) == ([], 4)
+    broken = rows["image_index"].copy()
+    broken[4] = 0  # image 0 again after image 1, at the edge of a 4-row block
+    assert scan(4, image_index=broken)[0] == scan(8, image_index=broken)[0] == [
+        "rows are not grouped by image in image-index order"]
+    ious, boxes = rows["ious"].copy(), rows["boxes"].copy()
+    ious[7], boxes[6, 2] = 1.5, -1.0
+    assert scan(3, ious=ious, boxes=boxes)[0] == ["ious outside [0, 1]", "boxes that are not finite xyxy boxes"]
+    labels = rows["labels"].copy()
+    labels[7] = 4
+    assert scan(3, labels=labels)[0] == ["labels outside 0..3"]
