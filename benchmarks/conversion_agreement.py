@@ -19,18 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.reference_compare import (  # noqa: E402
-    FIXTURE,
-    MMDET_FIXTURE,
-    convert_mmdet_reference,
-    convert_reference,
-    load_fixture,
-    match_detections,
-    run_reference,
-)
-
-#: source -> (its fixture, (settings, class-agnostic, work dir) -> the converted model)
-SOURCES = {"detectron2": (FIXTURE, convert_reference), "mmdet": (MMDET_FIXTURE, convert_mmdet_reference)}
+from tools.reference_compare import REFERENCES, load_fixture, match_detections, run_reference  # noqa: E402
 
 
 def agreement(fixture_path: Path, convert) -> dict:
@@ -54,7 +43,7 @@ def agreement(fixture_path: Path, convert) -> dict:
 
 
 def main() -> int:
-    print(json.dumps({source: agreement(*how) for source, how in SOURCES.items()}))
+    print(json.dumps({source: agreement(*how) for source, how in REFERENCES.items()}))
     return 0
 
 

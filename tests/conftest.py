@@ -123,7 +123,7 @@ def few_val(quick_bench, tmp_path_factory) -> tuple:
 #: order gives the second worker files that need none of the shared artefacts (the demo, the benchmark
 #: smoke tests) while the first one builds them.
 SLOWEST_FIRST = ("calibrate/test_calibrate.py", "cli/test_demo.py", "infer/test_infer.py",
-                 "benchmarks/test_scale_smoke.py", "extract/test_extract.py", "detector/test_detectron2_reference.py",
+                 "benchmarks/test_scale_smoke.py", "extract/test_extract.py", "detector/test_framework_references.py",
                  "detector/test_train.py", "detector/test_converted_pipeline.py", "detector/test_detector.py",
                  "detector/test_convert.py", "evaluate/test_evaluate.py", "adversarial/test_disk_and_locks.py",
                  "data/test_synthetic.py")

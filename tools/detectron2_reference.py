@@ -1,6 +1,6 @@
 """Run detectron2 itself on seeded weights and images; write what it detects as a test fixture.
 
-The fixture lets ``tests/detector/test_detectron2_reference.py`` check, without detectron2, that
+The fixture lets ``tests/detector/test_framework_references.py`` check, without detectron2, that
 ``simcal convert --from detectron2`` reproduces detectron2's detections: the test regenerates the same
 weights and images from the seeds (:mod:`tools.reference_inputs`), converts the weights, runs the
 converted model and matches its boxes, scores and masks to the ones recorded here.

@@ -1,6 +1,6 @@
 """Run mmdetection 3.x itself on seeded weights and images; write what it detects as a test fixture.
 
-The mmdetection counterpart of tools/detectron2_reference.py: ``tests/detector/test_mmdet_reference.py``
+The mmdetection counterpart of tools/detectron2_reference.py: ``tests/detector/test_framework_references.py``
 regenerates the same weights (:func:`tools.reference_inputs.mmdet_weights`) and images, converts the
 weights with ``simcal convert --from mmdet`` and matches its detections to the ones recorded here.
 

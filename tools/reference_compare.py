@@ -1,9 +1,11 @@
-"""A converted detector against the detections its source framework recorded (tools/detectron2_reference.py).
+"""A converted detector against the detections its source framework recorded (tools/detectron2_reference.py,
+tools/mmdet_reference.py).
 
-:func:`convert_reference` regenerates the fixture's weights from its seeds, writes them in the source's
-file format and converts them with ``simcal convert``; :func:`run_reference` runs the converted model
+:func:`convert_reference` (detectron2) and :func:`convert_mmdet_reference` regenerate a fixture's weights
+from its seeds, write them in the source's file format and convert them with ``simcal convert``
+(:data:`REFERENCES` pairs each with its fixture); :func:`run_reference` runs the converted model
 on the fixture's images and :func:`match_detections` compares each image's detections with the
-recorded ones. Used by ``tests/detector/test_detectron2_reference.py`` and
+recorded ones. Used by ``tests/detector/test_framework_references.py`` and
 ``benchmarks/conversion_agreement.py``.
 """
 
@@ -80,6 +82,10 @@ def convert_mmdet_reference(settings: dict[str, Any], agnostic: bool, work: Path
     torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": [f"c{c}" for c in range(1, k + 1)]}},
                 "state_dict": weights}, src)
     return _convert("mmdet", src, settings, work)
+
+
+#: source framework -> (its fixture, (settings, class-agnostic, work dir) -> the converted model)
+REFERENCES = {"detectron2": (FIXTURE, convert_reference), "mmdet": (MMDET_FIXTURE, convert_mmdet_reference)}
 
 
 def run_reference(model: torch.nn.Module, settings: dict[str, Any], count: int | None = None

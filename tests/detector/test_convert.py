@@ -13,7 +13,7 @@ from tests.helpers import tiny_lvis, write_json
 
 
 def _checkpointer_file(path, k):
-    """A detectron2 Checkpointer .pth (the model-zoo .pkl is converted in test_detectron2_reference.py)."""
+    """A detectron2 Checkpointer .pth (the model-zoo .pkl is converted in test_framework_references.py)."""
     torch.save({"model": detectron2_r50_fpn(k=k), "iteration": 0}, path)
     return path
 
