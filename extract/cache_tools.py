@@ -106,22 +106,20 @@ def verify(cache: Cache) -> list[str]:
 def _value_problems(cache: Cache) -> list[str]:
     """Ranges and consistency of the values (the structure and checksums already hold).
 
-    Memory: the row arrays are scanned in blocks of rows; only the index rebuild holds whole columns,
-    the labels as 16-bit and the image index as 32-bit integers (a few bytes per row in all).
+    Memory: the row arrays and the stored index are read in blocks of rows; only the labels are held whole
+    (16-bit), to check the index against them (extract/store.py ``index_disagreements``).
     """
-    from simcal.extract.store import build_index
+    from simcal.extract.store import index_disagreements
 
     a = cache.attrs
     R, I, C = cache.num_rows, int(cache["image_ids"].shape[0]), len(a["categories"])
-    problems, fg = _scan_rows(cache, R, I, C)
+    problems, fg, image_counts = _scan_rows(cache, R, I, C)
     if problems:
         return problems
     labels = np.asarray(cache["labels"][:]).astype(np.int16 if C < 2**15 - 1 else np.int64, copy=False)
-    image_index = np.asarray(cache["image_index"][:]).astype(np.int32 if I < 2**31 - 1 else np.int64, copy=False)
-    expected = build_index(labels, image_index, I, C)
-    del labels, image_index
-    problems += [f"index/{name} disagrees with the labels" for name in INDEX_ARRAYS
-                 if not np.array_equal(cache.index(name), expected.pop(name))]
+    bad = index_disagreements(labels, image_counts, C, {name: cache.index_array(name) for name in INDEX_ARRAYS})
+    del labels
+    problems += [f"index/{name} disagrees with the labels" for name in INDEX_ARRAYS if name in bad]
     if len(np.unique(np.asarray(cache["image_ids"][:]))) != I:
         problems.append("repeated image ids")
     counts = a.get("counts") or {}
@@ -133,7 +131,7 @@ def _value_problems(cache: Cache) -> list[str]:
         if not (np.isfinite(scale).all() and (scale > 0).all()):
             problems.append("int8 feature scales that are not finite and positive")
     feats = cache["features"]
-    step = max(1, (64 * 2**20) // max(1, feats.shape[1] * feats.dtype.itemsize))  # 64 MiB of rows at a time
+    step = _feature_block_rows(feats)
     for start in range(0 if feats.dtype == np.float16 else R, R, step):
         bits = np.asarray(feats[start : start + step]).view(np.uint16)
         if np.any((bits & 0x7C00) == 0x7C00):  # float16 exponent all ones: inf or NaN
@@ -142,30 +140,48 @@ def _value_problems(cache: Cache) -> list[str]:
     return problems
 
 
-def _scan_rows(cache: Cache, R: int, I: int, C: int, block: int = 1 << 19) -> tuple[list[str], int]:
-    """(problems, foreground rows) of the per-row arrays, read ``block`` rows at a time (a multiple of every
+def _feature_block_rows(feats: Any, target_bytes: int = 16 * 2**20) -> int:
+    """Rows of features to read at a time: whole chunks, about ``target_bytes``, and a divisor of the shard.
+
+    A read that ends inside a shard makes zarr decode part of it; at LVIS scale such reads grew the
+    process by about 6 MB per GB of cache read (benchmarks/lvis_scale.py), aligned ones do not.
+    """
+    rows = (getattr(feats, "chunks", None) or (1,))[0]
+    per = max(1, target_bytes // max(1, rows * feats.shape[1] * feats.dtype.itemsize))
+    shards = getattr(feats, "shards", None)
+    if shards:
+        in_shard = max(1, shards[0] // rows)
+        per = max(d for d in range(1, in_shard + 1) if in_shard % d == 0 and d <= per)
+    return rows * per
+
+
+def _scan_rows(cache: Cache, R: int, I: int, C: int, block: int = 1 << 19) -> tuple[list[str], int, np.ndarray]:
+    """(problems, foreground rows, rows per image) of the per-row arrays, read ``block`` rows at a time (a multiple of every
     row array's chunk, extract/store.py ``chunk_rows``): labels in 0..C, rows grouped by image in image-index
     order, IoUs in [0, 1], finite xyxy boxes. Stops at a label or grouping problem (the index cannot be
     rebuilt from such rows)."""
     problems: set[str] = set()
     fg, last_image = 0, -1
+    image_counts = np.zeros(I, dtype=np.int64)
     for start in range(0, R, block):
         labels = np.asarray(cache["labels"][start : start + block])
         if labels.min(initial=0) < 0 or labels.max(initial=0) > C:
-            return [f"labels outside 0..{C}"], fg
+            return [f"labels outside 0..{C}"], fg, image_counts
         image_index = np.asarray(cache["image_index"][start : start + block]).astype(np.int64)
         if len(image_index) and (image_index[0] < last_image or np.any(np.diff(image_index) < 0)
                                  or image_index.min() < 0 or image_index.max() >= I):
-            return ["rows are not grouped by image in image-index order"], fg
+            return ["rows are not grouped by image in image-index order"], fg, image_counts
         last_image = int(image_index[-1]) if len(image_index) else last_image
         fg += int(np.count_nonzero(labels))
+        image_counts += np.bincount(image_index, minlength=I)
         ious = np.asarray(cache["ious"][start : start + block])
         if not (np.isfinite(ious).all() and ious.min(initial=0) >= 0 and ious.max(initial=0) <= 1):
             problems.add("ious outside [0, 1]")
         boxes = np.asarray(cache["boxes"][start : start + block])
         if not np.isfinite(boxes).all() or np.any(boxes[:, 2:] < boxes[:, :2]):
             problems.add("boxes that are not finite xyxy boxes")
-    return sorted(problems, key=["ious outside [0, 1]", "boxes that are not finite xyxy boxes"].index), fg
+    order = ["ious outside [0, 1]", "boxes that are not finite xyxy boxes"]
+    return sorted(problems, key=order.index), fg, image_counts
 
 
 def run_verify(args: argparse.Namespace) -> int:

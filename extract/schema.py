@@ -222,7 +222,11 @@ class Cache:
         return {k: np.asarray(self._root["detector_head"][k][:]) for k in HEAD_ARRAYS}
 
     def index(self, name: str) -> np.ndarray:
-        return np.asarray(self._root["index"][name][:]) if self._h5 is None else self._h5["index"][name][:]
+        return np.asarray(self.index_array(name)[:])
+
+    def index_array(self, name: str) -> Any:
+        """The stored index array ``name`` unread (a zarr array or h5py dataset: read it by slices)."""
+        return self._root["index"][name] if self._h5 is None else self._h5["index"][name]
 
     @property
     def num_rows(self) -> int:

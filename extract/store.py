@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -136,6 +136,52 @@ def build_index(
         "class_row_ptr": class_row_ptr,
         "class_rows": class_rows,
     }
+
+
+def index_disagreements(labels: np.ndarray, image_counts: np.ndarray, num_classes: int, stored: Mapping[str, Any],
+                         block: int = 1 << 19) -> list[str]:
+    """Names of the stored index arrays that differ from :func:`build_index` of these rows, found without
+    rebuilding the index: memory is the labels (read whole, 16-bit for LVIS), per-class and per-image counts,
+    and ``block`` entries of the stored arrays at a time (``stored``: name -> an array with ``shape``, read by
+    slices).
+
+    ``image_counts``: rows per image; labels in 0..``num_classes``. ``class_rows`` equals the stable sort of the
+    rows by label exactly when the class counts agree and each class's segment holds rows of that class in
+    strictly increasing order (it then holds every such row, once); its (class, image) pairs, in that order,
+    are ``class_images``. The pair arrays are judged only where ``class_rows`` holds.
+    """
+    bad = []
+    image_row_ptr = counts_ptr(image_counts)
+    class_row_ptr = counts_ptr(np.bincount(labels, minlength=num_classes + 1))
+    for name, want in (("image_row_ptr", image_row_ptr), ("class_row_ptr", class_row_ptr)):
+        if not np.array_equal(np.asarray(stored[name][:]), want):
+            bad.append(name)
+    R = len(labels)
+    if stored["class_rows"].shape[0] != R:
+        return bad + ["class_rows"]
+    pairs_per_class = np.zeros(num_classes + 1, dtype=np.int64)
+    pairs, images_ok = 0, True
+    prev_row, prev_cls, prev_img = -1, -1, -1
+    for start in range(0, R, block):
+        rows = np.asarray(stored["class_rows"][start : start + block]).astype(np.int64, copy=False)
+        cls = np.searchsorted(class_row_ptr, np.arange(start, start + len(rows)), side="right") - 1
+        if rows.min(initial=0) < 0 or rows.max(initial=0) >= R or np.any(labels[rows] != cls):
+            return bad + ["class_rows"]
+        same = cls == np.r_[prev_cls, cls[:-1]]
+        if np.any(same & (rows <= np.r_[prev_row, rows[:-1]])):
+            return bad + ["class_rows"]
+        imgs = np.searchsorted(image_row_ptr, rows, side="right") - 1
+        new = ~same | (imgs != np.r_[prev_img, imgs[:-1]])  # a (class, image) pair starts here
+        n = int(new.sum())
+        images_ok = images_ok and np.array_equal(np.asarray(stored["class_images"][pairs : pairs + n]), imgs[new])
+        pairs += n
+        pairs_per_class += np.bincount(cls[new], minlength=num_classes + 1)
+        prev_row, prev_cls, prev_img = int(rows[-1]), int(cls[-1]), int(imgs[-1])
+    if not np.array_equal(np.asarray(stored["class_image_ptr"][:]), counts_ptr(pairs_per_class)):
+        bad.append("class_image_ptr")
+    if not images_ok or stored["class_images"].shape[0] != pairs:
+        bad.append("class_images")
+    return bad
 
 
 def consolidate(

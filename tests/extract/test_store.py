@@ -87,3 +87,33 @@ def test_consolidation_that_drops_its_parts_writes_the_same_cache(tmp_path):
         assert np.array_equal(a[name][:], b[name][:]), name
     for name in ("image_row_ptr", "class_rows", "class_images"):
         assert np.array_equal(a["index"][name][:], b["index"][name][:]), name
+
+
+def test_index_check_without_rebuilding_finds_exactly_the_damaged_indexes():
+    """cache verify's streaming check (index_disagreements) against rebuilding the index and comparing: on
+    random row sets with one index array damaged (a changed entry, an extra one, a shuffle), or none, at block
+    sizes that cut the arrays anywhere, it flags a cache exactly when an array differs, and names one that does
+    (the pair arrays are not judged when class_rows is wrong)."""
+    from simcal.extract.schema import INDEX_ARRAYS
+    from simcal.extract.store import index_disagreements
+
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        I, C = int(rng.integers(1, 8)), int(rng.integers(1, 6))
+        counts = rng.integers(0, 5, I)
+        labels = rng.integers(0, C + 1, int(counts.sum())).astype(np.int16)
+        index = build_index(labels, np.repeat(np.arange(I), counts), I, C)
+        stored = {k: v.copy() for k, v in index.items()}
+        if t % 4:
+            name = INDEX_ARRAYS[int(rng.integers(0, 5))]
+            kind, a = int(rng.integers(0, 3)), stored[name]
+            if kind == 0 and len(a):
+                a[rng.integers(0, len(a))] += int(rng.choice([-2, -1, 1, 2]))
+            elif kind == 1:
+                stored[name] = np.r_[a, 0]
+            elif len(a):
+                stored[name] = rng.permutation(a)
+        differ = {n for n in INDEX_ARRAYS if not np.array_equal(stored[n], index[n])}
+        found = index_disagreements(labels, counts, C, stored, block=int(rng.integers(1, 6)))
+        assert bool(found) == bool(differ) and set(found) <= differ | {"class_image_ptr", "class_images"}, (t, found)
+        assert not found or set(found) & differ, (t, found, differ)
