@@ -155,12 +155,11 @@ def _feature_block_rows(feats: Any, target_bytes: int = 16 * 2**20) -> int:
     return rows * per
 
 
-def _scan_rows(cache: Cache, R: int, I: int, C: int,
-               block: int = 1 << 19) -> tuple[list[str], int, np.ndarray]:
-    """(problems, foreground rows, rows per image) of the per-row arrays, read ``block`` rows at a time (a multiple of every
-    row array's chunk, extract/store.py ``chunk_rows``): labels in 0..C, rows grouped by image in image-index
-    order, IoUs in [0, 1], finite xyxy boxes. Stops at a label or grouping problem (the index cannot be
-    rebuilt from such rows)."""
+def _scan_rows(cache: Cache, R: int, I: int, C: int, block: int = 1 << 19) -> tuple[list[str], int, np.ndarray]:
+    """(problems, foreground rows, rows per image) of the per-row arrays, read ``block`` rows at a time (a
+    multiple of every row array's chunk, extract/store.py ``chunk_rows``): labels in 0..C, rows grouped by
+    image in image-index order, IoUs in [0, 1], finite xyxy boxes. Stops at a label or grouping problem (the
+    index cannot be checked against such rows)."""
     problems: set[str] = set()
     fg, last_image = 0, -1
     image_counts = np.zeros(I, dtype=np.int64)
