@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.reference_inputs import detectron2_weights, images  # noqa: E402
+from tools.reference_inputs import detection_record, detectron2_weights, images  # noqa: E402
 
 #: What the fixture was made with; the test reads the same values from the fixture.
 SETTINGS = {"weights_seed": 0, "image_seed": 1, "num_classes": 8, "sizes": [[240, 320], [300, 200], [257, 391]],
@@ -117,8 +117,6 @@ def centring_bias(model, settings: dict) -> list[float]:
 
 def run(settings: dict, agnostic: bool) -> list[dict]:
     from detectron2.modeling import build_model
-    from pycocotools import mask as mask_utils
-
     model = build_model(config(settings, agnostic)).eval()
     args = (settings["weights_seed"], settings["num_classes"], agnostic)
     weights = detectron2_weights(*args)
@@ -131,15 +129,10 @@ def run(settings: dict, agnostic: bool) -> list[dict]:
     model.proposal_generator.register_forward_hook(lambda m, i, o: proposals.append(o[0][0]))
     out = []
     for n, (resized, inst) in enumerate(detect(model, settings)):
-        masks = inst.pred_masks.numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-        p = proposals[n]
-        out.append({"resized": list(resized.shape[:2]),
-                    "proposals": np.round(p.proposal_boxes.tensor[:20].numpy().astype(float), 4).tolist(),
-                    "boxes": np.round(inst.pred_boxes.tensor.numpy().astype(float), 4).tolist(),
-                    "scores": [float(f"{s:.7g}") for s in inst.scores.tolist()],
-                    "classes": inst.pred_classes.tolist(),
-                    "masks": [r["counts"].decode("ascii") for r in rles]})
+        record = detection_record(resized.shape[:2], inst.pred_boxes.tensor.numpy(), inst.scores.numpy(),
+                                  inst.pred_classes.numpy(), inst.pred_masks.numpy())
+        top = proposals[n].proposal_boxes.tensor[:20].numpy()
+        out.append({"resized": record.pop("resized"), "proposals": np.round(top.astype(float), 4).tolist(), **record})
     return out
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.reference_inputs import images, mmdet_weights  # noqa: E402
+from tools.reference_inputs import detection_record, images, mmdet_weights  # noqa: E402
 
 #: What the fixture was made with; the test reads the same values from the fixture.
 SETTINGS = {"weights_seed": 0, "image_seed": 1, "num_classes": 8, "sizes": [[240, 320], [300, 200], [257, 391]],
@@ -92,8 +92,6 @@ def centring_bias(model, pipeline, settings: dict) -> list[float]:
 
 def run(settings: dict, agnostic: bool) -> list[dict]:
     """mmdetection's detections of the fixture's images; sets the classifier bias it used in ``settings``."""
-    from pycocotools import mask as mask_utils
-
     model, pipeline = build(settings, agnostic)
     weights = mmdet_weights(settings["weights_seed"], settings["num_classes"], agnostic)
     weights["roi_head.bbox_head.fc_cls.bias"].zero_()
@@ -102,17 +100,10 @@ def run(settings: dict, agnostic: bool) -> list[dict]:
     settings[bias] = centring_bias(model, pipeline, settings)
     model.load_state_dict(mmdet_weights(settings["weights_seed"], settings["num_classes"], agnostic, settings[bias]),
                           strict=True)
-    out = []
-    for sample in detect(model, pipeline, settings):
-        p = sample.pred_instances
-        masks = p.masks.numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-        out.append({"resized": list(sample.metainfo["img_shape"]),
-                    "boxes": np.round(p.bboxes.numpy().astype(float), 4).tolist(),
-                    "scores": [float(f"{s:.7g}") for s in p.scores.tolist()],
-                    "classes": p.labels.tolist(),
-                    "masks": [r["counts"].decode("ascii") for r in rles]})
-    return out
+    return [detection_record(sample.metainfo["img_shape"], sample.pred_instances.bboxes.numpy(),
+                             sample.pred_instances.scores.numpy(), sample.pred_instances.labels.numpy(),
+                             sample.pred_instances.masks.numpy())
+            for sample in detect(model, pipeline, settings)]
 
 
 def main() -> int:

@@ -108,6 +108,22 @@ def images(seed: int, sizes: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
     return out
 
 
+def detection_record(resized: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                     masks: np.ndarray) -> dict:
+    """One image's detections as the reference fixtures store them (what ``tools.reference_compare`` reads):
+    (N, 4) xyxy boxes rounded to 1e-4, scores to 7 significant digits, classes 0..K-1, (N, H, W) binary masks
+    as compressed RLE strings."""
+    from pycocotools import mask as mask_utils
+
+    masks = masks.astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    return {"resized": list(resized),
+            "boxes": np.round(boxes.astype(float), 4).tolist(),
+            "scores": [float(f"{s:.7g}") for s in scores.tolist()],
+            "classes": classes.tolist(),
+            "masks": [r["counts"].decode("ascii") for r in rles]}
+
+
 #: detectron2 name pattern -> mmdetection v2/v3 name, for :func:`mmdet_weights` (numbered modules re-based:
 #: res2..res5 -> layer1..4, P2..P5 -> 0..3, fc1/fc2 -> shared_fcs 0/1, mask_fcn1..4 -> convs 0..3).
 _D2_TO_MMDET = ((r"^backbone\.bottom_up\.stem\.conv1\.norm\.", lambda m: "backbone.bn1."),
