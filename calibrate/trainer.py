@@ -243,6 +243,8 @@ def head_checkpoint(head: torch.nn.Module, cfg: CalibConfig, cache, info: dict[s
                         "hidden": int(det["fc6.weight"].shape[0])},
         "cache_fingerprint": cache_fingerprint(cache.attrs),
         "detector_fingerprint": cache.attrs["detector_fingerprint"],
+        # a cascade's box stage whose cache it learnt from (simcal extract --stage); None: a one-stage detector
+        "stage": (cache.attrs.get("params") or {}).get("stage"),
         "categories": cache.attrs["categories"],
         "config": config_dict(cfg),
         "steps": cfg.steps,

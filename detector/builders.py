@@ -22,6 +22,8 @@ foreground classes (the model has C + 1 outputs, 0 = background):
   post-processing, :mod:`simcal.detector.legacy_boxes`), ``resize`` (v1's size, 8-bit resize and one scale
   factor) and ``paste_masks`` (:mod:`simcal.detector.mmdet1_transform`); ``boxes`` and ``resize`` go
   together (the post-processing needs the factor), ``paste_masks="mmdet1"`` needs them.
+- ``tiny_cascade``, ``r50_cascade``: the same with Cascade R-CNN's three box stages
+  (:mod:`simcal.detector.cascade`); box regression is class-agnostic in every stage, as in Cascade R-CNN.
 - ``tiny``: :mod:`simcal.detector.tiny_backbone` + FPN-64, anchors 8-64 px, 128-px
   images, RoIAlign ``sampling_ratio=1`` with ``canonical_scale=64`` (small RoIs spread
   over the FPN levels), box head 3136 -> 256 -> 256, 64 RoIs per image (docs/design.md §8.1),
@@ -41,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simcal.core.names import ARCHS
+from simcal.core.names import ARCHS, CASCADE_OF
 
 LVIS_TEST_SETTINGS = {"box_score_thresh": 1e-4, "box_nms_thresh": 0.5, "box_detections_per_img": 300}
 
@@ -163,22 +165,30 @@ def build(arch: str, num_classes: int, class_agnostic: bool = False, **kw: Any) 
     small_boxes, resize = kw.pop("small_boxes", "torchvision"), kw.pop("resize", "torchvision")
     paste, boxes = kw.pop("paste_masks", "torchvision"), kw.pop("boxes", "torchvision")
     _check_switches(small_boxes=small_boxes, resize=resize, paste_masks=paste, boxes=boxes)
-    if arch == "tiny":
+    base = CASCADE_OF.get(arch, arch)
+    if base == "tiny":
         model = _tiny(num_classes, **kw)
-    elif arch == "r50_fpn":
+    elif base == "r50_fpn":
         model = _r50_fpn(num_classes, **kw)
     else:
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-    if class_agnostic:
-        heads = model.roi_heads
+    heads = model.roi_heads
+    if class_agnostic or arch in CASCADE_OF:
         rep = heads.box_predictor.cls_score.in_features
         heads.box_predictor = AgnosticFastRCNNPredictor(rep, num_classes + 1)
+    if class_agnostic:
         mp = heads.mask_predictor
         heads.mask_predictor = AgnosticMaskRCNNPredictor(mp.conv5_mask.in_channels, mp.conv5_mask.out_channels,
                                                          num_classes + 1)
     # detectron2 drops only empty boxes (Boxes.nonempty(): width and height > 0); mmdetection v1 keeps every box
     rules = ({"min_box_size": None, "drop_empty": True} if small_boxes == "detectron2" else {})
     model.roi_heads = LongTailRoIHeads.like(model.roi_heads, convention=boxes, **rules)
+    if arch in CASCADE_OF:
+        if boxes != "torchvision":
+            raise ValueError(f"{arch} decodes boxes with its stages' own coders; leave boxes unset")
+        from simcal.detector.cascade import CascadeRoIHeads
+
+        model.roi_heads = CascadeRoIHeads.like(model.roi_heads, convention=boxes, **rules)
     if small_boxes == "detectron2":  # torchvision's RPN keeps w >= min_size: the smallest positive float: w > 0
         model.rpn.min_size = torch.finfo(torch.float32).tiny
     if resize in ("detectron2", "mmdet") or paste == "detectron2":  # detector/detectron2_transform.py

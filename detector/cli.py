@@ -18,7 +18,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m.add_argument("--class-agnostic", action="store_true",
                    help="one box regressor and one mask channel for all classes (the paper's r50-ag)")
     m.add_argument("--backbone-weights", metavar="FILE",
-                   help="r50_fpn only: local ImageNet ResNet-50 state_dict (nothing is downloaded)")
+                   help="r50_fpn and r50_cascade only: local ImageNet ResNet-50 state_dict (nothing is downloaded)")
 
     o = p.add_argument_group("optimisation (SGD, linear warm-up, two x0.1 steps)")
     o.add_argument("--iters", type=arg(POSITIVE_INT), default=3000, help="training iterations (default 3000)")

@@ -91,8 +91,8 @@ def _setup(args: argparse.Namespace) -> _Run | None:
     from simcal.detector.distributed import init_distributed
 
     require_output(args.out, "file", "--out", "detector.pth")  # the numbers were checked by their flags
-    if args.arch != "r50_fpn" and args.backbone_weights:
-        raise input_error(args.backbone_weights, "--backbone-weights applies to --arch r50_fpn only")
+    if args.arch not in ("r50_fpn", "r50_cascade") and args.backbone_weights:
+        raise input_error(args.backbone_weights, "--backbone-weights applies to --arch r50_fpn and r50_cascade only")
     rank, world, local_rank = init_distributed()
     if args.batch_size % world:
         raise input_error(None, f"--batch-size {args.batch_size} is not divisible by {world} processes")

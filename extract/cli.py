@@ -36,7 +36,13 @@ def add_parser(sub) -> None:
         help="background rows per image and view (default 32: with 8 fg rows per GT, a 16-class "
         "bi-level batch reaches fg:bg = 1:1 from its own images' background)",
     )
-    p.add_argument("--fg-iou", type=arg(FRACTION_POSITIVE), default=0.5, help="foreground IoU threshold (default 0.5)")
+    p.add_argument("--fg-iou", type=arg(FRACTION_POSITIVE), default=None,
+                   help="foreground IoU threshold (default 0.5; with --stage, that stage's: 0.5, 0.6, 0.7)")
+    p.add_argument("--stage", type=arg(NONNEG_INT), default=None,
+                   help="cascade detectors (tiny_cascade, r50_cascade), and only those: the box stage whose rows "
+                   "to store (0, 1 or 2). Its RoIs are the RPN proposals regressed by the stages before it, "
+                   "its tap is its box head's input, and the cache carries its classifier for 3fc_ft; one "
+                   "cache per stage")
     p.add_argument("--flip", action="store_true", help="also store a horizontally flipped view of every image")
     p.add_argument(
         "--bins",

@@ -111,7 +111,7 @@ def _extract_part(model, dataset, a: int, b: int, args: argparse.Namespace, dim:
             else:
                 ims, tg = images, targets
             for i, sel in zip(idx, extract_batch(model, ims, tg, idx, view, args.fg_per_gt, args.bg_per_image,
-                                                 args.fg_iou, args.seed)):
+                                                 args.fg_iou, args.seed, args.stage)):
                 per_image[i].append((view, _rows(sel, i, view, args.dtype)))
         bar.update(len(images))
     return part_arrays(per_image, args.dtype, dim)
@@ -131,7 +131,8 @@ def _consolidate(out: Path, args: argparse.Namespace, ck: dict, ann: Any, ann_pa
     t1 = time.perf_counter()
     with tqdm(total=len(ann.images), desc="consolidate", unit="img", disable=None, dynamic_ncols=True) as cbar:
         counts = write_cache(out, num_parts, np.array([img["id"] for img in ann.images]), dim, args.dtype,
-                             categories, args.bins, identity, about, classifier_weights(model), cbar.update)
+                             categories, args.bins, identity, about, classifier_weights(model, args.stage or 0),
+                             cbar.update)
     took = time.perf_counter() - t0
     print(f"wrote {out}: {counts['rows']} rows ({counts['fg_rows']} fg, {counts['bg_rows']} bg) from "
           f"{counts['images']} images in {took:.1f} s (consolidation {time.perf_counter() - t1:.1f} s)")
@@ -294,6 +295,7 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
     model, ck = load_checkpoint(args.checkpoint, device)
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)
     model.requires_grad_(False)
+    args = _resolve_stage(args, ck, model)
 
     dim = int(model.roi_heads.box_head.fc6.in_features)
     images_per_part = args.images_per_part or default_images_per_part(dim)
@@ -301,7 +303,9 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
         "fg_per_gt": args.fg_per_gt, "bg_per_image": args.bg_per_image, "fg_iou": args.fg_iou,
         "flip": bool(args.flip), "dtype": args.dtype, "seed": args.seed, "batch_size": args.batch_size,
         "images_per_part": images_per_part, "split": args.split if args.data else None, "bins": args.bins,
-        "proposals": "rpn (eval mode) + GT boxes",
+        "proposals": "rpn (eval mode) + GT boxes" if args.stage is None else
+                     f"rpn (eval mode) regressed by cascade stages 0..{args.stage - 1} + GT boxes",
+        **({} if args.stage is None else {"stage": args.stage}),
         "rpn_post_nms_top_n": int(model.rpn._post_nms_top_n["testing"]),
     }
     identity = _identity(ck, ann, params)
@@ -339,6 +343,29 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
         _consolidate(out, args, ck, ann, ann_path, identity, len(parts), dim, model, world, t0)
     finish_distributed()
     return 0
+
+
+def _resolve_stage(args: argparse.Namespace, ck: dict[str, Any], model) -> argparse.Namespace:
+    """``--stage`` checked against the detector (a cascade needs one, a Mask R-CNN takes none) and ``--fg-iou``
+    defaulted to the stage's IoU threshold (0.5 without a stage)."""
+    from simcal.core.names import CASCADE_OF
+
+    cascade = ck["arch"] in CASCADE_OF
+    if cascade and args.stage is None:
+        raise input_error(args.checkpoint, f"is a cascade detector ({ck['arch']}) with "
+                          f"{model.roi_heads.num_stages} box stages", "choose the stage to extract with --stage")
+    if not cascade and args.stage is not None:
+        raise input_error(args.checkpoint, f"is a {ck['arch']} detector, which has one box stage",
+                          "drop --stage (it is for tiny_cascade and r50_cascade detectors)")
+    if cascade and args.stage >= model.roi_heads.num_stages:
+        raise input_error(None, f"--stage {args.stage} does not exist: {args.checkpoint} has stages 0 to "
+                          f"{model.roi_heads.num_stages - 1}")
+    fg_iou = args.fg_iou
+    if fg_iou is None:
+        from simcal.detector.cascade import stage_iou
+
+        fg_iou = 0.5 if args.stage is None else stage_iou(args.stage)
+    return argparse.Namespace(**{**vars(args), "fg_iou": fg_iou})
 
 
 def default_images_per_part(dim: int) -> int:

@@ -89,8 +89,12 @@ def extract_batch(
     bg_per_image: int,
     fg_iou: float,
     seed: int,
+    stage: int | None = None,
 ) -> list[Selection]:
-    """Rows and features for a batch of one view; ``targets`` need ``boxes`` and ``labels`` (original pixels)."""
+    """Rows and features for a batch of one view; ``targets`` need ``boxes`` and ``labels`` (original pixels).
+
+    ``stage``: a cascade's box stage (:mod:`simcal.detector.cascade`): the proposals are first regressed by the
+    stages before it, as at test time; the tap is the same RoIAlign, the input of every stage's box head."""
     device = next(model.parameters()).device
     imgs = [im.to(device) for im in images]
     tgts = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
@@ -98,6 +102,8 @@ def extract_batch(
     image_list, tgts = model.transform(imgs, tgts)
     feats = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, feats)
+    if stage:
+        proposals = model.roi_heads.refine(stage, feats, proposals, image_list.image_sizes)
     chosen, rois = [], []
     for k, (props, t) in enumerate(zip(proposals, tgts)):
         boxes, labels, ious, is_gt = choose_rows(

@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
         "merged output is identical.",
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="detector checkpoint")
-    p.add_argument("--head-ckpt", nargs="*", metavar="HEAD.pth", help="calibrated head from 'simcal calibrate'")
+    p.add_argument("--head-ckpt", nargs="*", metavar="HEAD.pth",
+                   help="calibrated head from 'simcal calibrate'; a cascade detector takes one per box stage, in "
+                   "order, 'orig' for a stage that keeps its own classifier (e.g. orig orig stage2.pth)")
     p.add_argument("--mode", choices=tuple(MODES), default="sel", help="(default sel) " + describe(MODES))
     p.add_argument(
         "--T",
@@ -50,7 +52,8 @@ def add_parser(sub) -> None:
         "--sweep",
         metavar="VARIANTS.json",
         help='score several variants in one pass: a JSON list of {"name": ..., and any of "mode", '
-        '"head_ckpt", "T", "posthoc", "gamma", "props_gt", "max_dets"}; --out is then a folder',
+        '"head_ckpt", "T", "posthoc", "gamma", "props_gt", "max_dets", "stage_heads" (a cascade: one head '
+        'file or null per stage)}; --out is then a folder',
     )
     p.add_argument("--posthoc", choices=tuple(POSTHOC), default="none", help="(default none) " + describe(POSTHOC))
     p.add_argument("--gamma", type=arg(NONNEG), default=1.0,

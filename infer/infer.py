@@ -30,9 +30,13 @@ def _load_heads(specs, ck: dict, checkpoint: str, dim: int,
     from simcal.core.manifest import fingerprint
 
     heads, prints = {}, {}
-    for path in sorted({s.head_ckpt for s in specs if s.head_ckpt}):
+    stages = {h: t for s in specs for t, h in enumerate(s.stage_heads or []) if h}
+    for path in sorted({h for s in specs for h in s.head_files()}):
         head, hck = load_head(path)
         check_head_fits(hck, path, ck, checkpoint, dim)
+        if hck.get("stage") is not None and path in stages and hck["stage"] != stages[path]:
+            raise input_error(path, f"was calibrated on stage {hck['stage']}'s cache, and is given for stage "
+                              f"{stages[path]}", "give each stage the head calibrated on its own cache")
         heads[path] = head.to(device).eval()
         prints[path] = fingerprint({"config": hck["config"], "cache": hck["cache_fingerprint"]})
     return heads, prints
@@ -50,11 +54,10 @@ def _specs(args: argparse.Namespace) -> tuple[list, dict[str, Path]]:
         specs = read_variants(args.sweep)
         return specs, {s.name: out / s.name / "results.json" for s in specs}
     heads = args.head_ckpt or []
-    if len(heads) > 1:
-        raise input_error(None, f"{len(heads)} heads given, but this detector has one classification stage",
-                          "pass one --head-ckpt")
-    spec = VariantSpec(name="results", mode=args.mode, head_ckpt=heads[0] if heads else None, T=args.T,
-                       posthoc=args.posthoc, gamma=args.gamma, props_gt=args.props_gt, max_dets=args.max_dets)
+    stage_heads = [None if h == "orig" else h for h in heads] if len(heads) > 1 else None
+    spec = VariantSpec(name="results", mode=args.mode, head_ckpt=heads[0] if len(heads) == 1 else None, T=args.T,
+                       posthoc=args.posthoc, gamma=args.gamma, props_gt=args.props_gt, max_dets=args.max_dets,
+                       stage_heads=stage_heads)
     check_variant(spec)
     return [spec], {"results": out}
 
@@ -80,12 +83,13 @@ def main(args: argparse.Namespace) -> int:
     from simcal.data.layout import resolve_dataset
     from simcal.detector.checkpoint import check_categories, load_checkpoint
     from simcal.detector.distributed import finish_distributed, init_distributed
-    from simcal.infer.variants import build_score_fn, predict_variants
+    from simcal.infer.variants import build_score_fn, check_stages, predict_variants
 
     specs, targets = _specs(args)
     rank, world, local_rank = init_distributed()
     device = resolve_device(args.device, local_rank)
     model, ck = load_checkpoint(args.checkpoint, device)
+    check_stages(specs, getattr(model.roi_heads, "num_stages", 1), ck["arch"], args.checkpoint)
     heads, head_prints = _load_heads(specs, ck, args.checkpoint, model.roi_heads.box_head.fc6.in_features,
                                      device)
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
@@ -93,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     check_categories(ck, ann.mapping, args.checkpoint, ann_path)
 
     def identity(spec) -> dict:
-        return {"variant": {**spec.to_dict(), "name": None}, "head": head_prints.get(spec.head_ckpt),
+        return {"variant": {**spec.to_dict(), "name": None}, "head": [head_prints[h] for h in spec.head_files()],
                 "detector_fingerprint": ck["detector_fingerprint"], "annotation_fingerprint": ann.fingerprint}
 
     todo = [s for s in specs if not completed(targets[s.name], "infer", identity(s))]

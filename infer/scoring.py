@@ -148,3 +148,26 @@ def make_score_fn(
         return combine(p_orig, p_cal, mode, rare)
 
     return score
+
+
+def make_cascade_score_fn(counts: Sequence[int], mode: str, stage_heads: Sequence[torch.nn.Module | None],
+                          T: float = 300) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A cascade variant's ``score_fn`` for :meth:`simcal.detector.cascade.CascadeRoIHeads.forward_variants`:
+    ``(S, R, C+1)`` stage logits and ``(S, R, D)`` stage taps -> ``(R, C+1)`` scores.
+
+    As the authors' ``HybridTaskCascade.simple_test``: the original head's logits are averaged over the stages,
+    the calibrated heads' logits likewise (a stage without a calibrated head contributes its own logits), each
+    average is softmaxed, and ``mode`` combines the two (:func:`combine`, paper Eq. 2 for ``sel``).
+    """
+    if len(stage_heads) != 0 and all(h is None for h in stage_heads) and mode != "orig":
+        raise ValueError(f"mode {mode!r} needs a calibrated head for at least one stage")
+    rare = rare_mask(counts, T)
+
+    def score(logits: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        p_orig = F.softmax(logits.mean(0), dim=1)
+        if mode == "orig":
+            return p_orig
+        cal = torch.stack([lg if h is None else h(tap.float()) for h, lg, tap in zip(stage_heads, logits, taps)])
+        return combine(p_orig, F.softmax(cal.mean(0), dim=1), mode, rare)
+
+    return score

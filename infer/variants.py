@@ -45,6 +45,13 @@ class VariantSpec:
     gamma: float = 1.0
     props_gt: bool = False
     max_dets: int = 300
+    #: A cascade detector's heads, one per box stage, in stage order; None where a stage keeps its own classifier
+    #: (``[None, None, "h2.pth"]`` calibrates the last stage only). Replaces ``head_ckpt``.
+    stage_heads: Optional[list] = None
+
+    def head_files(self) -> list[str]:
+        """Every head file this variant reads."""
+        return [h for h in (self.stage_heads or [self.head_ckpt]) if h]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,19 +99,60 @@ def check_variant(spec: VariantSpec, source: str | Path | None = None) -> None:
         raise input_error(source, f"{what}unknown mode {spec.mode!r}", f"choose from {', '.join(MODES)}")
     if spec.posthoc not in POSTHOC:
         raise input_error(source, f"{what}unknown posthoc {spec.posthoc!r}", f"choose from {', '.join(POSTHOC)}")
-    if spec.mode != "orig" and not spec.head_ckpt:
+    if spec.stage_heads is not None:
+        _check_stage_heads(spec, source, what)
+    if spec.mode != "orig" and not spec.head_files():
         raise input_error(source, f"{what}mode {spec.mode} needs a calibrated head", "give --head-ckpt HEAD.pth")
     if spec.props_gt and (spec.mode != "orig" or spec.head_ckpt or spec.posthoc != "none"):
         raise input_error(source, f"{what}props-gt replaces the classifier, so it takes no head, mode or posthoc",
                           "run it with --mode orig and no --head")
 
 
+def _check_stage_heads(spec: VariantSpec, source, what: str) -> None:
+    """``stage_heads``: a list of head files and nulls, at least one file, and nothing else that names a head or
+    re-scores the detector's own classifier."""
+    heads = spec.stage_heads
+    if not isinstance(heads, list) or not heads or not all(h is None or isinstance(h, str) for h in heads):
+        raise input_error(source, f"{what}stage_heads must be a list of head files or null, one per cascade stage, "
+                          f"not {heads!r}", 'e.g. "stage_heads": [null, null, "stage2.pth"]')
+    if not any(heads):
+        raise input_error(source, f"{what}stage_heads names no head", "give at least one stage a head file")
+    if spec.head_ckpt or spec.posthoc != "none" or spec.props_gt:
+        raise input_error(source, f"{what}stage_heads goes with a mode and T only (no head_ckpt, posthoc or "
+                          "props_gt)")
+
+
+def check_stages(specs: list[VariantSpec], num_stages: int, arch: str, checkpoint) -> None:
+    """Each variant against the detector: a cascade takes per-stage heads (``stage_heads`` / ``--head-ckpt`` one
+    per stage) and no post-hoc rule; a one-stage detector takes no ``stage_heads``."""
+    for spec in specs:
+        what = f"variant {spec.name!r}" if spec.name != "results" else "this run"
+        if num_stages == 1 and spec.stage_heads is not None:
+            raise input_error(checkpoint, f"is a {arch} detector with one box stage, and {what} gives stage_heads",
+                              "give the head as head_ckpt (--head-ckpt HEAD.pth)")
+        if num_stages == 1:
+            continue
+        if spec.head_ckpt:
+            raise input_error(checkpoint, f"is a {arch} detector with {num_stages} box stages, and {what} gives "
+                              "one head", f"give one head per stage, in order (--head-ckpt with {num_stages} files, "
+                              "'orig' for a stage that keeps its classifier; stage_heads in a sweep)")
+        if spec.stage_heads is not None and len(spec.stage_heads) != num_stages:
+            raise input_error(checkpoint, f"has {num_stages} box stages, and {what} gives "
+                              f"{len(spec.stage_heads)} stage heads", f"give {num_stages}, in stage order")
+        if spec.posthoc != "none" or spec.props_gt:
+            raise input_error(checkpoint, f"is a {arch} detector: {what} asks for "
+                              f"{'props-gt' if spec.props_gt else spec.posthoc}, which SimCal defines for "
+                              "one-stage detectors only", "drop it, or use a one-stage detector")
+
+
 def build_score_fn(spec: VariantSpec, counts: list[int], heads: dict[str, torch.nn.Module],
                    cls_score: torch.nn.Linear) -> Optional[Callable]:
-    from simcal.infer.scoring import PropsGT, make_score_fn
+    from simcal.infer.scoring import PropsGT, make_cascade_score_fn, make_score_fn
 
     if spec.props_gt:
         return PropsGT()
+    if spec.stage_heads is not None:
+        return make_cascade_score_fn(counts, spec.mode, [heads[h] if h else None for h in spec.stage_heads], spec.T)
     return make_score_fn(counts, spec.mode, heads.get(spec.head_ckpt) if spec.head_ckpt else None, spec.T, spec.posthoc,
                          spec.gamma, cls_score)
 

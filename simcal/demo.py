@@ -179,6 +179,48 @@ def _train_end_to_end(out: Path, data: Path, plan: Plan, args: argparse.Namespac
     return ckpts
 
 
+def _table6(out: Path, data: Path, plan: Plan, args: argparse.Namespace, clock: _Timings) -> None:
+    """Table 6 (``--with table6``): the cascade detectors, then per stage of the baseline cascade a train cache
+    and a calibration sweep over the seeds, then its variants and the IS cascade on val -> OUT/infer/NAME/."""
+    from simcal.core.atomic import write_json
+
+    cascade, preset = plan.cascade, plan.preset
+    ckpts = {}
+    for m in cascade.trainings:
+        ckpts[m.name] = ckpt = out / f"{m.name}_{demo_plan.CASCADE_ARCH}.pth"
+        what = f"Table 6 detector: {m.label}"
+        t0 = clock.start("train", f"{what} -> {ckpt}")
+        ran = not _done(ckpt)
+        _simcal("train", "--data", data, "--arch", demo_plan.CASCADE_ARCH, "--iters", preset.table2_iters,
+                "--batch-size", preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed, *m.train_flags,
+                "--out", ckpt, "--resume", "--device", args.device)
+        clock.record("train", what, t0, ran)
+    base = ckpts[cascade.trainings[0].name]
+    for t, (cache, heads) in enumerate(zip(cascade.caches, cascade.head_dirs)):
+        what = f"cascade stage {t}: train feature cache, {len(cascade.grid[0]['seed'])} heads"
+        t0 = clock.start("calibrate", f"{what} -> {out / cache}, {heads}")
+        ran = not _done(Path(heads) / "results.json")
+        _simcal("extract", "--checkpoint", base, "--data", data, "--split", "train", "--stage", t, "--out",
+                out / cache, "--device", args.device)
+        Path(heads).mkdir(parents=True, exist_ok=True)
+        write_json(Path(heads) / "grid.json", cascade.grid, indent=2)
+        _simcal("calibrate", "--cache", out / cache, "--sweep", Path(heads) / "grid.json", "--head",
+                demo_plan.MAIN_HEAD, "--steps", preset.calibration_steps, "--seed", args.seed, "--out", heads,
+                "--device", args.device)
+        clock.record("calibrate", what, t0, ran)
+    infer_dir = out / "infer"
+    variants = infer_dir / "cascade_variants.json"
+    write_json(variants, cascade.variants, indent=2)
+    what = f"Table 6: {len(cascade.variants)} cascade variants on val, one pass"
+    t0 = clock.start("infer", what)
+    ran = not all(_done(infer_dir / v["name"] / "results.json") for v in cascade.variants)
+    _simcal("infer", "--checkpoint", base, "--data", data, "--split", "val", "--sweep", variants, "--out", infer_dir,
+            "--device", args.device)
+    clock.record("infer", what, t0, ran)
+    cap = cascade.variants[0]["max_dets"]
+    _infer_end_to_end(infer_dir, data, {m.name: ckpts[m.name] for m in cascade.trainings[1:]}, cap, args, clock)
+
+
 def _extract(out: Path, ckpt: Path, data: Path, args: argparse.Namespace, clock: _Timings) -> None:
     """OUT/train.zarr (what calibration reads) and OUT/val.zarr (what scores the sweep before any inference)."""
     for split in ("train", "val"):
@@ -253,11 +295,12 @@ def _infer(out: Path, data: Path, ckpt: Path, plan: Plan, args: argparse.Namespa
 
 def _infer_end_to_end(infer_dir: Path, data: Path, ckpts: dict[str, Path], cap: int, args: argparse.Namespace,
                       clock: _Timings) -> None:
-    """Each Table-2 detector on val with its own classifier, at the benchmark cap -> OUT/infer/NAME/."""
+    """Each end-to-end detector (Table 2, Table 6's IS) on val with its own classifier, at the benchmark cap ->
+    OUT/infer/NAME/."""
     for name, ckpt in ckpts.items():
         results = infer_dir / name / "results.json"
         results.parent.mkdir(parents=True, exist_ok=True)
-        what = f"Table 2 detector {name} on val"
+        what = f"detector {name} on val"
         t0 = clock.start("infer", f"{what} -> {results}")
         ran = not _done(results)
         _simcal("infer", "--checkpoint", ckpt, "--data", data, "--split", "val", "--mode", "orig", "--max-dets", cap,
@@ -321,8 +364,10 @@ def run(args: argparse.Namespace) -> int:
     speed = _speed(rows, _calibrate_online(out, data, ckpt, plan, args, clock), plan)
     infer_dir = _infer(out, data, ckpt, plan, args, clock)
     _infer_end_to_end(infer_dir, data, end_to_end, caps["benchmark"], args, clock)
+    if plan.cascade is not None:
+        _table6(out, data, plan, args, clock)
     summary = _evaluate(infer_dir, data, plan, clock)
-    summary.update(seed_spread(summary, demo_plan.SEEDED, plan.seeds))
+    summary.update(seed_spread(summary, plan.seeded, plan.seeds))
     summary["timings"] = clock.records
     summary["calibration_speed"] = speed
     summary["config"] = {"preset": args.preset, "seed": args.seed, "with": list(extras),

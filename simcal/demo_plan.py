@@ -69,7 +69,20 @@ END_TO_END = (EndToEnd("table2_cm", "CM (margin loss)", ("--cls-loss", "margin")
               EndToEnd("table2_fl", "FL (focal loss)", ("--cls-loss", "focal")),
               EndToEnd("table2_is", "IS (repeat-factor sampling)", ("--sampler", "repeat_factor")))
 #: What ``simcal demo --with`` adds: the extra detector trainings behind a part of the report.
-EXTRAS = {"table2": "Table 2: the four long-tail methods trained end to end (four more detector trainings)"}
+EXTRAS = {"table2": "Table 2: the four long-tail methods trained end to end (four more detector trainings)",
+          "table6": "Table 6: multi-stage calibration on a Cascade Mask R-CNN (two cascade trainings: the "
+                    "baseline and IS; per-stage caches and heads)"}
+#: Table 6 (``--with table6``): the cascade detectors, trained with the baseline's schedule.
+CASCADE_ARCH = "tiny_cascade"
+CASCADE_STAGES = 3
+CASCADE_TRAININGS = (EndToEnd("cascade_baseline", "cascade baseline", ()),
+                     EndToEnd("cascade_is", "IS (repeat-factor sampling, end to end)", ("--sampler", "repeat_factor")))
+#: Table 6's calibrated rows: (summary key, label, the stages that get a calibrated head; the others keep
+#: their own classifier). Dual head, sel, T = MAIN_T.
+CASCADE_CALIBRATED = (("cascade_cal_last", "calibrate the last stage (dual head, sel)", (2,)),
+                      ("cascade_cal_all", "calibrate every stage (dual head, sel)", (0, 1, 2)))
+TABLE6 = (("cascade_baseline", "cascade baseline"), *((k, lab) for k, lab, _ in CASCADE_CALIBRATED),
+          ("cascade_is", "IS (repeat-factor sampling, end to end)"))
 #: Table 2's rows, and its comparison with Table 4: (end-to-end key, decoupled key, method).
 TABLE2 = (("baseline", "baseline (CE)"), *((m.name, m.label) for m in END_TO_END))
 TABLE2_VS_4 = tuple((e.name, d.name, d.label.split(" (")[0]) for e, d in zip(END_TO_END, DECOUPLED))
@@ -124,6 +137,19 @@ class Layout:
     at_lvis_cap: tuple[tuple[str, str], ...]
     table2: tuple[tuple[str, str], ...] = ()  # empty without --with table2
     table2_vs_4: tuple[tuple[str, str, str], ...] = ()  # (end-to-end key, decoupled key, method)
+    table6: tuple[tuple[str, str], ...] = ()  # empty without --with table6
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Table 6 spelled out: the cascade trainings, one train cache and one calibration sweep per stage, and the
+    cascade baseline's inference sweep."""
+
+    trainings: tuple[EndToEnd, ...]
+    caches: tuple[str, ...]  # stage t's train cache (simcal extract --stage t)
+    head_dirs: tuple[str, ...]  # stage t's calibration sweep folder
+    grid: list[dict[str, list]]  # each stage's sweep: the main head over the calibration seeds
+    variants: list[dict[str, Any]]  # ``simcal infer --sweep`` of the cascade baseline detector
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,8 @@ class Plan:
     layout: Layout
     end_to_end: tuple[EndToEnd, ...] = ()  # Table 2's detectors (--with table2), inferred at the benchmark cap
     seeds: tuple[int, ...] = ()  # the calibration seeds of the SEEDED rows, --seed first
+    seeded: tuple[str, ...] = SEEDED  # the rows run once per calibration seed
+    cascade: CascadePlan | None = None  # Table 6 (--with table6)
 
 
 def seeded_name(key: str, seed: int) -> str:
@@ -190,6 +218,10 @@ def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str,
             evaluations.append((f"{v['name']}_{LVIS_CAP}", v["name"], LVIS_CAP))
     end_to_end = END_TO_END if "table2" in extras else ()
     evaluations += [(m.name, m.name, None) for m in end_to_end]
+    cascade = cascade_plan(p, heads, cap, seeds) if "table6" in extras else None
+    if cascade is not None:
+        evaluations += [(v["name"], v["name"], None) for v in cascade.variants]
+        evaluations += [(m.name, m.name, None) for m in cascade.trainings[1:]]
     steps = sorted({*p.sweep_steps, p.calibration_steps})
     layout = Layout(
         table3=TABLE3, table5=TABLE5,
@@ -198,5 +230,24 @@ def build(preset_name: str, seed: int, heads: Path, cap: int, extras: tuple[str,
         fig4c=tuple(("dual_sel" if t == MAIN_T else f"T_{t}", t) for t in T_VALUES),
         table4=TABLE4, upper_bound=UPPER_BOUND, at_lvis_cap=AT_LVIS_CAP,
         table2=TABLE2 if end_to_end else (), table2_vs_4=TABLE2_VS_4 if end_to_end else (),
+        table6=TABLE6 if cascade else (),
     )
-    return Plan(p, grid, main, variants, tuple(evaluations), layout, end_to_end, tuple(seeds))
+    seeded = SEEDED + (tuple(k for k, _, _ in CASCADE_CALIBRATED) if cascade else ())
+    return Plan(p, grid, main, variants, tuple(evaluations), layout, end_to_end, tuple(seeds), seeded, cascade)
+
+
+def cascade_plan(p: Preset, heads: Path, cap: int, seeds: list[int]) -> CascadePlan:
+    """Table 6's caches, per-stage sweeps and variants (every variant at the benchmark cap ``cap``)."""
+    stages = range(CASCADE_STAGES)
+    head_dirs = tuple(str(heads / f"cascade_stage{t}") for t in stages)
+
+    def stage_heads(on: tuple[int, ...], seed: int) -> list[str | None]:
+        return [str(Path(head_dirs[t]) / head_name(MAIN_HEAD, MAIN_SAMPLER, MAIN_LOSS, p.calibration_steps, seed))
+                if t in on else None for t in stages]
+
+    variants: list[dict[str, Any]] = [{"name": "cascade_baseline", "max_dets": cap}]
+    for s in seeds:
+        variants += [{"name": key if s == seeds[0] else seeded_name(key, s), "mode": "sel",
+                      "stage_heads": stage_heads(on, s), "max_dets": cap} for key, _, on in CASCADE_CALIBRATED]
+    return CascadePlan(CASCADE_TRAININGS, tuple(f"cascade_train_stage{t}.zarr" for t in stages), head_dirs,
+                       [{"head": [MAIN_HEAD], "seed": list(seeds)}], variants)

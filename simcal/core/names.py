@@ -11,7 +11,11 @@ from __future__ import annotations
 ARCHS = {
     "tiny": "CPU-sized Mask R-CNN for the synthetic benchmark (128-px images, FPN-64)",
     "r50_fpn": "the paper's Mask R-CNN: ResNet-50-FPN, 12544-d box-head input",
+    "tiny_cascade": "tiny with Cascade R-CNN's three box stages (IoU 0.5/0.6/0.7, class-agnostic boxes)",
+    "r50_cascade": "r50_fpn with Cascade R-CNN's three box stages (the paper's Table 6 runs HTC on it)",
 }
+#: The cascade architectures and the Mask R-CNN each extends (simcal.detector.cascade).
+CASCADE_OF = {"tiny_cascade": "tiny", "r50_cascade": "r50_fpn"}
 
 #: Calibration heads over the cached tap (simcal.calibrate.heads).
 HEADS = {
