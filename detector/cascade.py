@@ -32,10 +32,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from simcal.detector.roi_heads import LongTailRoIHeads, postprocess
+from simcal.detector.roi_heads import LongTailRoIHeads
 
 #: Per stage: (IoU threshold, box-coder weights, loss weight).
 STAGES = ((0.5, (10.0, 10.0, 5.0, 5.0), 1.0),
@@ -183,15 +183,7 @@ class CascadeRoIHeads(LongTailRoIHeads):
         out = []
         for score_fn, cap in variants:
             scores = torch.softmax(logits.mean(0), -1) if score_fn is None else score_fn(logits, taps)
-            dets = postprocess(boxes, scores.split(per_image, 0), image_shapes, self.rules(cap))
-            result = [{"boxes": b, "labels": lab, "scores": sc} for b, sc, lab in dets]
-            if self.has_mask():
-                mask_features = self.mask_head(self.mask_roi_pool(features, [r["boxes"] for r in result],
-                                                                  image_shapes))
-                labels = [r["labels"] for r in result]
-                for prob, r in zip(maskrcnn_inference(self.mask_predictor(mask_features), labels), result):
-                    r["masks"] = prob
-            out.append(result)
+            out.append(self.detect(features, boxes, scores.split(per_image, 0), image_shapes, cap))
         return out
 
 

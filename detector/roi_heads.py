@@ -137,8 +137,6 @@ class LongTailRoIHeads(RoIHeads):
         once: only scoring, :func:`postprocess` and the mask branch differ between variants. The variant
         ``(None, detections_per_img)`` is ``forward``'s own output (tests/infer/test_infer.py).
         """
-        from torchvision.models.detection.roi_heads import maskrcnn_inference
-
         tap = self.box_roi_pool(features, proposals, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(tap))
         per_image = [len(p) for p in proposals]
@@ -147,16 +145,23 @@ class LongTailRoIHeads(RoIHeads):
         for score_fn, cap in variants:
             scores = (torch.nn.functional.softmax(class_logits, -1) if score_fn is None
                       else score_fn(class_logits, tap.flatten(start_dim=1)))
-            dets = postprocess(boxes, scores.split(per_image, 0), image_shapes, self.rules(cap))
-            result = [{"boxes": b, "labels": lab, "scores": sc} for b, sc, lab in dets]
-            if self.has_mask():
-                mask_features = self.mask_head(self.mask_roi_pool(features, [r["boxes"] for r in result],
-                                                                  image_shapes))
-                labels = [r["labels"] for r in result]
-                for prob, r in zip(maskrcnn_inference(self.mask_predictor(mask_features), labels), result):
-                    r["masks"] = prob
-            out.append(result)
+            out.append(self.detect(features, boxes, scores.split(per_image, 0), image_shapes, cap))
         return out
+
+    def detect(self, features, boxes: Sequence[Tensor], scores: Sequence[Tensor], image_shapes,
+               cap: int) -> list[dict[str, Tensor]]:
+        """Per image ``(R, C+1, 4)`` decoded boxes and ``(R, C+1)`` scores -> torchvision's result dicts: boxes,
+        labels, scores by :func:`postprocess` (at most ``cap``), and the mask branch's masks on those boxes."""
+        from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+        dets = postprocess(boxes, scores, image_shapes, self.rules(cap))
+        result = [{"boxes": b, "labels": lab, "scores": sc} for b, sc, lab in dets]
+        if self.has_mask():
+            mask_features = self.mask_head(self.mask_roi_pool(features, [r["boxes"] for r in result], image_shapes))
+            labels = [r["labels"] for r in result]
+            for prob, r in zip(maskrcnn_inference(self.mask_predictor(mask_features), labels), result):
+                r["masks"] = prob
+        return result
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         """torchvision's hook in ``forward``: (boxes, scores, labels) per image, the softmax's, by

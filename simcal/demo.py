@@ -162,17 +162,17 @@ def _extras(value: str) -> tuple[str, ...]:
     return parts
 
 
-def _train_end_to_end(out: Path, data: Path, plan: Plan, args: argparse.Namespace,
-                      clock: _Timings) -> dict[str, Path]:
-    """Table 2's detectors, each trained with its method and the baseline's settings; checkpoint by name."""
-    preset = plan.preset
+def _train_detectors(out: Path, data: Path, trainings, arch: str, table: str, preset: Preset,
+                     args: argparse.Namespace, clock: _Timings) -> dict[str, Path]:
+    """Extra detectors (Table 2's, Table 6's), each ``arch`` trained with its method's flags and the baseline's
+    settings otherwise (``preset.table2_iters`` iterations); checkpoint by name."""
     ckpts = {}
-    for m in plan.end_to_end:
-        ckpts[m.name] = ckpt = out / f"{m.name}_tiny.pth"
-        what = f"Table 2 detector: {m.label}"
+    for m in trainings:
+        ckpts[m.name] = ckpt = out / f"{m.name}_{arch}.pth"
+        what = f"{table} detector: {m.label}"
         t0 = clock.start("train", f"{what} -> {ckpt}")
         ran = not _done(ckpt)
-        _simcal("train", "--data", data, "--arch", "tiny", "--iters", preset.table2_iters, "--batch-size",
+        _simcal("train", "--data", data, "--arch", arch, "--iters", preset.table2_iters, "--batch-size",
                 preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed, *m.train_flags, "--out", ckpt,
                 "--resume", "--device", args.device)
         clock.record("train", what, t0, ran)
@@ -185,16 +185,7 @@ def _table6(out: Path, data: Path, plan: Plan, args: argparse.Namespace, clock: 
     from simcal.core.atomic import write_json
 
     cascade, preset = plan.cascade, plan.preset
-    ckpts = {}
-    for m in cascade.trainings:
-        ckpts[m.name] = ckpt = out / f"{m.name}_{demo_plan.CASCADE_ARCH}.pth"
-        what = f"Table 6 detector: {m.label}"
-        t0 = clock.start("train", f"{what} -> {ckpt}")
-        ran = not _done(ckpt)
-        _simcal("train", "--data", data, "--arch", demo_plan.CASCADE_ARCH, "--iters", preset.table2_iters,
-                "--batch-size", preset.train_batch, "--lr", preset.train_lr, "--seed", args.seed, *m.train_flags,
-                "--out", ckpt, "--resume", "--device", args.device)
-        clock.record("train", what, t0, ran)
+    ckpts = _train_detectors(out, data, cascade.trainings, demo_plan.CASCADE_ARCH, "Table 6", preset, args, clock)
     base = ckpts[cascade.trainings[0].name]
     for t, (cache, heads) in enumerate(zip(cascade.caches, cascade.head_dirs)):
         what = f"cascade stage {t}: train feature cache, {len(cascade.grid[0]['seed'])} heads"
@@ -359,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     val_info = load_annotations(data / "annotations" / "val.json").info
     caps = {"benchmark": int(val_info.get("max_dets_per_image", demo_plan.LVIS_CAP)), "lvis": demo_plan.LVIS_CAP}
     plan = demo_plan.build(args.preset, args.seed, out / "heads", caps["benchmark"], extras)
-    end_to_end = _train_end_to_end(out, data, plan, args, clock)
+    end_to_end = _train_detectors(out, data, plan.end_to_end, "tiny", "Table 2", preset, args, clock)
     rows = _calibrate(out, plan, args, clock)
     speed = _speed(rows, _calibrate_online(out, data, ckpt, plan, args, clock), plan)
     infer_dir = _infer(out, data, ckpt, plan, args, clock)
