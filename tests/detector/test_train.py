@@ -85,6 +85,6 @@ def test_bad_training_input_is_one_sentence(tmp_path, quick_bench, cli):
     assert r.returncode == 2 and "no training data given" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = cli("train", "--data", quick_bench, "--out", tmp_path / "x.pth", "--backbone-weights", "w.pth")
-    assert r.returncode == 2 and "applies to --arch r50_fpn only" in r.stderr
+    assert r.returncode == 2 and "applies to --arch r50_fpn and r50_cascade only" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.pth").exists()

@@ -129,7 +129,7 @@ def test_sweep_equals_single_runs_and_resumes(quick_caches, quick_detector, few_
 def test_variants_equal_torchvision_forward(quick_caches, quick_detector, quick_bench, tmp_path):
     """forward_variants mirrors RoIHeads.forward: its plain variant is model(images)'s output, and a score_fn
     that recomputes the detector's own softmax from the tap it is given (so the tap is the box head's input)
-    gives the same detections, byte for byte; a calibrated head's scores give others."""
+    gives the same detections, byte for byte; a calibrated head's scores (mode cal: every column) give others."""
     from torch.utils.data import DataLoader, Subset
 
     from simcal.calibrate.trainer import load_head
@@ -154,13 +154,13 @@ def test_variants_equal_torchvision_forward(quick_caches, quick_detector, quick_
     def own(logits, tap):
         return torch.softmax(heads.box_predictor(heads.box_head(tap))[0], -1)
 
-    fns = {"orig": None, "own": own, "sel": make_score_fn(counts, "sel", head, 300)}
+    fns = {"orig": None, "own": own, "cal": make_score_fn(counts, "cal", head, 300)}
     got = predict_variants(
         model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping, {k: (fn, 50) for k, fn in fns.items()}
     )
     ref = predict(model, DataLoader(ds, batch_size=3, collate_fn=collate), ann.mapping)
     assert len(ref) > 0 and got["orig"] == ref and got["own"] == ref
-    assert got["sel"] != ref
+    assert [d["score"] for d in got["cal"]] != [d["score"] for d in ref]
 
 
 @pytest.mark.slow
