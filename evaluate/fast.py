@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from simcal.evaluate.inputs import Detections, GroundTruth
+from simcal.evaluate.detections import Detections
+from simcal.evaluate.gcpause import gc_paused
+from simcal.evaluate.inputs import GroundTruth
 from simcal.evaluate.protocol import AREA_LABELS, AREA_RANGES, IOU_THRS, REC_THRS
 
 
@@ -35,49 +37,34 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 
 
 #: Image-category pairs per C++ call; larger inputs are evaluated in category chunks (exact).
-MAX_PAIRS_PER_CALL = 400_000
+MAX_PAIRS_PER_CALL = 100_000
 
 
 def _make_eval_class():
-    """COCOeval_faster with a leaner ``evaluate()`` (same C++ evaluation, less Python per pair).
+    """COCOeval_faster fed directly with prepared records (no COCO objects, no ``_prepare``).
 
-    The stock ``evaluate()`` builds a dict over *every* image-category pair keyed by
-    numpy integers (seconds at LVIS scale) before handing a nested list of IoU matrices
-    to C++. Here that list is built directly, with IoUs computed only for the pairs
-    that have both ground truth and detections (the stock code computes no others
-    either). If this faster-coco-eval lacks the internals used, the stock method runs.
+    :func:`_load` fills its C++ datasets the way ``_prepare`` does (``append_ref`` of
+    every record, RLEs by ``calculateRleForAllAnnotations``) from records built once
+    from the columns of :class:`Detections`. ``evaluate()`` then hands the nested list
+    of IoU matrices to C++ directly, computing IoUs only for the image-category pairs
+    with both ground truth and detections (the stock code computes no others either),
+    instead of building a dict over every pair.
     """
     import copy
 
     from faster_coco_eval import COCOeval_faster
     from faster_coco_eval.core import faster_eval_api
 
-    _C = getattr(faster_eval_api, "_C", None)
+    _C = faster_eval_api._C
 
     class _LVISFasterEval(COCOeval_faster):
         def evaluate(self):  # noqa: D401
             p = self.params
-            if (
-                _C is None
-                or not hasattr(_C, "COCOevalEvaluateAccumulate")
-                or self.separate_eval
-                or not p.useCats
-                or p.iouType not in ("bbox", "segm")
-            ):
-                return super().evaluate()
-            p.imgIds = sorted({int(i) for i in p.imgIds})
-            p.catIds = sorted({int(c) for c in p.catIds})
-            p.maxDets = sorted(p.maxDets)
-            self._prepare()
-            pairs = getattr(self, "_nonempty_iou_pairs", None)
-            if pairs is None:
-                return super().evaluate()
             img_index = {i: n for n, i in enumerate(p.imgIds)}
             cat_index = {c: k for k, c in enumerate(p.catIds)}
             empty: list = []
             ious = [[empty] * len(p.catIds) for _ in p.imgIds]
-            self.ious = {}
-            for img, cat in sorted(pairs):
+            for img, cat in sorted(self._nonempty_iou_pairs):
                 ious[img_index[img]][cat_index[cat]] = self.computeIoU(img, cat)
             self._paramsEval = copy.deepcopy(self.params)
             self.eval = _C.COCOevalEvaluateAccumulate(
@@ -85,6 +72,57 @@ def _make_eval_class():
             )
 
     return _LVISFasterEval
+
+
+def _load(ev, gt_records: list[dict[str, Any]], dt_records: list[dict[str, Any]], img_sizes: dict) -> None:
+    """Fill ``ev``'s C++ datasets with these records as ``COCOeval._prepare`` would (records are mutated).
+
+    ``gt_records`` and ``dt_records`` are fresh dicts (``dt_records`` carry
+    ``lvis_mark``); ``img_sizes``: image id -> (height, width), for the RLEs of segm.
+    """
+    from faster_coco_eval.core import mask as mask_utils
+
+    p = ev.params
+    for records in (gt_records, dt_records):
+        mask_utils.calculateRleForAllAnnotations(
+            records, img_sizes, p.compute_rle, p.compute_boundary, ev.boundary_dilation_ratio, ev.boundary_cpu_count
+        )
+    pairs = []
+    for dataset, records in ((ev.gt_dataset, gt_records), (ev.dt_dataset, dt_records)):
+        append = dataset.append_ref
+        for r in records:
+            append(r["image_id"], r["category_id"], r)
+        pairs.append({(r["image_id"], r["category_id"]) for r in records})
+    ev._nonempty_iou_pairs = pairs[0] & pairs[1]
+
+
+def _federated(gt: GroundTruth, dets: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """(kept ``[N]`` bool, lvis_mark ``[N]`` bool) for the ``N`` detections of ``dets``.
+
+    The federated rule, applied here rather than by faster-coco-eval (LVISEval._prepare):
+    a detection of a category neither annotated in its image nor negative there is
+    dropped; one of a category in the image's ``not_exhaustive_category_ids`` is marked
+    (its unmatched detections are then ignored).
+    """
+    stride = max([c for c in gt.cat_ids] + [0]) + 1
+
+    def keys(pairs) -> np.ndarray:
+        return np.fromiter((i * stride + c for i, c in pairs), dtype=np.int64)
+
+    known = keys(
+        [(a["image_id"], a["category_id"]) for a in gt.annotations]
+        + [(im["id"], c) for im in gt.images for c in im["neg_category_ids"]]
+    )
+    unexhaustive = keys([(im["id"], c) for im in gt.images for c in im["not_exhaustive_category_ids"]])
+    det_keys = dets.image_ids * stride + dets.category_ids
+    return np.isin(det_keys, known), np.isin(det_keys, unexhaustive)
+
+
+def _rows_of(chunk: list[int], by_cat: np.ndarray, cats_sorted: np.ndarray) -> np.ndarray:
+    """The rows (ascending) of the categories in ``chunk`` (sorted ids), from rows grouped by category."""
+    lo = int(np.searchsorted(cats_sorted, chunk[0], side="left"))
+    hi = int(np.searchsorted(cats_sorted, chunk[-1], side="right"))
+    return np.sort(by_cat[lo:hi][np.isin(cats_sorted[lo:hi], chunk)])
 
 
 def run_fast(
@@ -97,11 +135,17 @@ def run_fast(
     ``cat_chunk`` categories at a time, and only the categories with ground truth
     in val (the others have no precision, -1, whatever was detected): exact,
     because LVIS accumulates each category on its own, and it bounds the memory on
-    LVIS-scale inputs. The native summary is only available from a single call
-    (else an empty dict).
+    LVIS-scale inputs (the records of one chunk exist at a time). The native summary
+    is only available from a single call (else an empty dict).
     """
-    from faster_coco_eval import COCO
+    with gc_paused():
+        return _run_chunks(gt, dets, iou_type, cat_chunk)
 
+
+def _run_chunks(
+    gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """:func:`run_fast`, with the collector already paused."""
     EvalClass = _make_eval_class()
     K = len(gt.cat_ids)
     col = {c: k for k, c in enumerate(gt.cat_ids)}
@@ -110,44 +154,38 @@ def run_fast(
         cat_chunk = max(1, MAX_PAIRS_PER_CALL // max(1, len(gt.images)))
     single = cat_chunk >= K  # small enough: one call over every category, as LVISEval does
     chunks = [list(gt.cat_ids)] if single else [with_gt[i : i + cat_chunk] for i in range(0, len(with_gt), cat_chunk)]
-    # The federated rule, applied here rather than by faster-coco-eval: a detection of a category
-    # neither annotated in its image nor negative there is dropped (LVISEval._prepare). Same result,
-    # and it avoids a faster-coco-eval crash (it looks up the size of images whose detections were
-    # all dropped).
-    known: dict[int, set] = {im["id"]: set(im["neg_category_ids"]) for im in gt.images}
-    for a in gt.annotations:
-        known[a["image_id"]].add(a["category_id"])
-    records = [d for d in dets.for_iou_type(iou_type, with_ids=True) if d["category_id"] in known[d["image_id"]]]
-    by_cat: dict[int, list] = {}
-    if not single:
-        for d in records:
-            by_cat.setdefault(d["category_id"], []).append(d)
+    kept, marked = _federated(gt, dets)
+    rows = np.flatnonzero(kept)
+    by_cat = rows[np.argsort(dets.category_ids[rows], kind="stable")]  # rows grouped by category, ids ascending
+    cats_sorted = dets.category_ids[by_cat]
+    img_ids = sorted(im["id"] for im in gt.images)
+    img_sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
+    freq = {c["id"]: c["frequency"] for c in gt.categories}
     precision = -np.ones((len(IOU_THRS), len(REC_THRS), K, len(AREA_RANGES)))
     native: dict[str, float] = {}
     for chunk in chunks:
-        ds = gt.copy_dataset()
-        if single:
-            dt_anns = records
-        else:
-            keep = set(chunk)
-            ds["annotations"] = [a for a in ds["annotations"] if a["category_id"] in keep]
-            dt_anns = [d for c in chunk for d in by_cat.get(c, ())]
-        coco_gt = COCO(ds, print_function=_quiet)
-        coco_dt = COCO(print_function=_quiet)
-        coco_dt.dataset = {"images": ds["images"], "categories": ds["categories"], "annotations": dt_anns}
-        coco_dt.createIndex()
-        ev = EvalClass(coco_gt, coco_dt, iouType=iou_type, lvis_style=True, print_function=_quiet)
+        chunk_rows = rows if single else _rows_of(chunk, by_cat, cats_sorted)
+        dt_records = dets.for_iou_type(iou_type, with_ids=True, rows=chunk_rows)
+        for r, m in zip(dt_records, marked[chunk_rows].tolist()):
+            r["lvis_mark"] = m
+        keep = set(chunk)
+        gt_records = [dict(a, ignore=0) for a in gt.annotations if a["category_id"] in keep]
+        ev = EvalClass(None, None, iouType=iou_type, lvis_style=True, print_function=_quiet)
         p = ev.params
+        p.imgIds = img_ids
+        p.catIds = sorted(chunk)
         p.iouThrs = IOU_THRS.copy()
         p.recThrs = REC_THRS.copy()
         p.areaRng = [list(r) for r in AREA_RANGES]
         p.areaRngLbl = list(AREA_LABELS)
         p.maxDets = [dets.max_dets]
-        p.catIds = list(chunk)
+        ev.freq_groups = [[k for k, c in enumerate(p.catIds) if freq[c] == f] for f in p.imgCountLbl]
+        _load(ev, gt_records, dt_records, img_sizes)
+        del gt_records, dt_records
         ev.evaluate()
         ev.accumulate()
         prec = np.asarray(ev.eval["precision"])[..., -1]
-        precision[:, :, [col[c] for c in chunk], :] = prec
+        precision[:, :, [col[c] for c in p.catIds], :] = prec
         if single:
             ev.summarize()
             sd = ev.stats_as_dict
@@ -162,5 +200,5 @@ def run_fast(
                 "APc": sd["APc"],
                 "APf": sd["APf"],
             }
-        del ev, coco_gt, coco_dt, ds
+        del ev
     return precision, native

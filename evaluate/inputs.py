@@ -25,6 +25,7 @@ from simcal.data.geometry import (
     polygon_problem,
     rle_strings_problem,
 )
+from simcal.evaluate.detections import Detections
 from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
 
 _FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
@@ -186,39 +187,6 @@ def prepare_ground_truth(
 # --------------------------------------------------------------------------- results
 
 
-@dataclass
-class Detections:
-    """Validated results, capped per image and ordered (image id, score descending).
-
-    ``records`` carry ``image_id, category_id, score`` and, where given, ``bbox`` and
-    ``segmentation`` (compressed RLE), plus ``area`` by the LVISResults rule.
-    """
-
-    records: list[dict[str, Any]]
-    num_input: int
-    num_images_capped: int
-    has_bbox: bool
-    has_segm: bool
-    max_dets: int
-    num_zero_area: int = 0
-
-    def for_iou_type(self, iou_type: str, with_ids: bool) -> list[dict[str, Any]]:
-        """Fresh dicts for one backend: only the keys ``iou_type`` needs."""
-        drop_segm = iou_type == "bbox"
-        out = []
-        for i, r in enumerate(self.records):
-            d = dict(r)
-            if drop_segm:
-                d.pop("segmentation", None)
-            if with_ids:
-                d["id"] = i + 1
-                d["iscrowd"] = 0
-            else:
-                del d["area"]
-            out.append(d)
-        return out
-
-
 def read_results(path: str | os.PathLike) -> Any:
     """The parsed results json; InputError for a missing or unreadable file."""
     from simcal.core.jsonio import read_json
@@ -266,17 +234,14 @@ def _check_segmentation(path, i: int, seg: Any, im: dict[str, Any]) -> None:
         raise input_error(path, f"result {i} has {problem}", "encode masks with pycocotools.mask.encode")
 
 
-def _check_rle_strings(where, results: list, img_by_id: dict) -> None:
-    """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does."""
-    index, strings, pixels = [], [], []
-    for i, r in enumerate(results):
-        seg = r.get("segmentation")
-        if type(seg) is dict and type(seg.get("counts")) is str:
-            im = img_by_id[r["image_id"]]
-            index.append(i)
-            strings.append(seg["counts"])
-            pixels.append(im["height"] * im["width"])
-    found = rle_strings_problem(strings, pixels)
+def _check_rle_strings(where, segs: list, pixels: np.ndarray) -> None:
+    """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does.
+
+    ``segs``: each result's segmentation (None where it has none); ``pixels``: int64 ``[n]``,
+    the height x width of each result's image.
+    """
+    index = [i for i, seg in enumerate(segs) if type(seg) is dict and type(seg.get("counts")) is str]
+    found = rle_strings_problem([segs[i]["counts"] for i in index], pixels[index])
     if found is not None:
         raise input_error(
             where,
@@ -308,8 +273,14 @@ def _check_box(where, i: int, box: Any, im: dict[str, Any]) -> None:
                           "inside their image")
 
 
+#: What the validation passes return for ``n`` results: ``(image_ids, category_ids, scores, boxes, segs,
+#: has_segm)``: int64 ``[n]``, int64 ``[n]``, float64 ``[n]``, float64 ``[n, 4]`` (None when the results carry
+#: no boxes), each result's segmentation as given (None where it has none), and whether every result has one.
+Columns = tuple
+
+
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
-    """(image_ids, scores, boxes or None, has_segm) for well-formed results in bulk; None if anything is unusual.
+    """The :data:`Columns` of well-formed results in bulk; None if anything is unusual.
 
     Accepts exactly what :func:`_columns_checked` accepts with compressed-RLE masks
     (the common case) and returns the same columns; anything else (a bad record,
@@ -362,15 +333,20 @@ def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool,
                 or seg.get("size") != [im["height"], im["width"]]
             ):
                 return None
-    return np.array(imgs, dtype=np.int64).reshape(n), scores, boxes, n > 0 and n_segm == n
+    return (
+        np.array(imgs, dtype=np.int64).reshape(n), np.array(cats, dtype=np.int64).reshape(n), scores, boxes, segs,
+        n > 0 and n_segm == n,
+    )
 
 
 def _columns_checked(
     where, gt: Annotations, results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool
 ):
-    """The record-by-record validation: the first problem becomes an InputError; else the columns."""
+    """The record-by-record validation: the first problem becomes an InputError; else the :data:`Columns`."""
     n = len(results)
     image_ids = np.empty(n, dtype=np.int64)
+    category_ids = np.empty(n, dtype=np.int64)
+    segs: list = [None] * n
     scores = np.empty(n, dtype=np.float64)
     boxes = np.empty((n, 4), dtype=np.float64)
     n_bbox = n_segm = 0
@@ -402,6 +378,7 @@ def _columns_checked(
         seg = r.get("segmentation")
         if seg is not None:
             _check_segmentation(where, i, seg, img_by_id[img])
+            segs[i] = seg
             n_segm += 1
         elif need_segm:
             raise input_error(
@@ -410,10 +387,11 @@ def _columns_checked(
                 "evaluate with --iou-type bbox or write masks as RLE",
             )
         image_ids[i] = img
+        category_ids[i] = cat
         scores[i] = s
     if 0 < n_bbox < n:
         raise input_error(where, f"{n_bbox} of {n} results carry a bbox", "give every result a bbox, or none")
-    return image_ids, scores, (boxes if n and n_bbox == n else None), n > 0 and n_segm == n
+    return image_ids, category_ids, scores, (boxes if n and n_bbox == n else None), segs, n > 0 and n_segm == n
 
 
 def prepare_results(
@@ -448,43 +426,64 @@ def prepare_results(
     cols = _columns_fast(results, img_by_id, cat_ids, need_bbox, need_segm)
     if cols is None:  # something is unusual: the record-by-record pass names the first problem
         cols = _columns_checked(where, gt, results, img_by_id, cat_ids, need_bbox, need_segm)
-    image_ids, scores, boxes, has_segm = cols
-    _check_rle_strings(where, results, img_by_id)
-    has_bbox = boxes is not None
+    image_ids, category_ids, scores, boxes, segs, has_segm = cols
+    sizes = _image_sizes(img_by_id, image_ids)
+    _check_rle_strings(where, segs, sizes[:, 0] * sizes[:, 1])
+    keep, num_capped = _cap_per_image(image_ids, scores, max_dets)
 
-    # Cap per image: highest scores, ties in file order (a stable sort, as LVISResults).
-    order = np.lexsort((np.arange(n), -scores, image_ids)) if n else np.zeros(0, dtype=np.int64)
-    sorted_imgs = image_ids[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_imgs)) + 1] if n else np.zeros(0, dtype=np.int64)
-    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) if n else np.zeros(0, dtype=np.int64)
-    keep = order[rank < max_dets]
-    counts = np.diff(np.r_[starts, n]) if n else np.zeros(0, dtype=np.int64)
-    num_capped = int((counts > max_dets).sum())
-
-    keep_list = keep.tolist()
-    kept_boxes = boxes[keep].tolist() if has_bbox else None
-    records = []
-    for j, (i, img, score) in enumerate(zip(keep_list, image_ids[keep].tolist(), scores[keep].tolist())):
-        r = results[i]
-        d: dict[str, Any] = {"image_id": img, "category_id": int(r["category_id"]), "score": score}
-        if kept_boxes is not None:
-            d["bbox"] = kept_boxes[j]
-        if has_segm:
-            im = img_by_id[img]
-            d["segmentation"] = to_compressed_rle(r["segmentation"], im["height"], im["width"])
-        records.append(d)
+    kept_boxes = boxes[keep] if boxes is not None else None
+    counts = mask_sizes = None
+    if has_segm:
+        mask_sizes = sizes[keep]
+        counts = [
+            to_compressed_rle(segs[i], h, w)["counts"] for i, (h, w) in zip(keep.tolist(), mask_sizes.tolist())
+        ]
+    del segs
     # area by the LVISResults rule: box area when results carry boxes, else mask area
-    if has_bbox:
-        for d in records:
-            d["area"] = d["bbox"][2] * d["bbox"][3]
-    elif has_segm and records:
-        from pycocotools import mask as mask_utils
-
-        for d in records:  # one at a time: pycocotools' area() of a list overflows past 255 masks
-            d["area"] = float(mask_utils.area(d["segmentation"]))
+    if kept_boxes is not None:
+        areas = kept_boxes[:, 2] * kept_boxes[:, 3]
+    elif counts is not None:  # one at a time: pycocotools' area() of a list overflows past 255 masks
+        areas = np.array(
+            [_mask_area({"size": hw, "counts": c}) for hw, c in zip(mask_sizes.tolist(), counts)], dtype=np.float64
+        )
+    else:
+        areas = np.zeros(len(keep), dtype=np.float64)
     # LVIS keeps only 0 < area < inf (LVIS.get_ann_ids), after the cap.
-    kept = [d for d in records if 0 < d["area"] < math.inf]
-    return Detections(kept, n, num_capped, has_bbox, has_segm, max_dets, len(records) - len(kept))
+    ok = (areas > 0) & (areas < math.inf)
+    if not ok.all():
+        keep, areas = keep[ok], areas[ok]
+        kept_boxes = kept_boxes[ok] if kept_boxes is not None else None
+        if counts is not None:
+            counts = [c for c, good in zip(counts, ok.tolist()) if good]
+            mask_sizes = mask_sizes[ok]
+    return Detections(
+        image_ids[keep], category_ids[keep], scores[keep], areas, kept_boxes, counts, mask_sizes,
+        n, num_capped, max_dets, int((~ok).sum()),
+    )
+
+
+def _image_sizes(img_by_id: dict, image_ids: np.ndarray) -> np.ndarray:
+    """int64 ``[n, 2]``: ``[height, width]`` of the image of each of the ``n`` known ``image_ids``."""
+    ids = np.fromiter(img_by_id, dtype=np.int64, count=len(img_by_id))
+    hw = np.array([[im["height"], im["width"]] for im in img_by_id.values()], dtype=np.int64).reshape(-1, 2)
+    order = np.argsort(ids, kind="stable")
+    return hw[order[np.searchsorted(ids, image_ids, sorter=order)]] if len(ids) else hw[:0]
+
+
+def _cap_per_image(image_ids: np.ndarray, scores: np.ndarray, max_dets: int) -> tuple[np.ndarray, int]:
+    """(indices kept, ordered by image id and score descending; images over the cap).
+
+    At most ``max_dets`` per image, the highest scores, ties in file order (a stable
+    sort, as ``LVISResults.limit_dets_per_image``).
+    """
+    n = len(image_ids)
+    if not n:
+        return np.zeros(0, dtype=np.int64), 0
+    order = np.lexsort((np.arange(n), -scores, image_ids))
+    starts = np.r_[0, np.flatnonzero(np.diff(image_ids[order])) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    return order[rank < max_dets], int((sizes > max_dets).sum())
 
 
 def resolve_max_dets(requested: int | None, gt: Annotations) -> tuple[int, str]:
