@@ -22,6 +22,7 @@ precision array by :mod:`simcal.evaluate.bins`, exactly as for the reference.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,10 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 
 
 #: Image-category pairs per C++ call; larger inputs are evaluated in category chunks (exact).
-MAX_PAIRS_PER_CALL = 100_000
+MAX_PAIRS_PER_CALL = 40_000
 
 
+@functools.lru_cache(maxsize=None)
 def _make_eval_class():
     """COCOeval_faster fed directly with prepared records (no COCO objects, no ``_prepare``).
 
@@ -74,48 +76,67 @@ def _make_eval_class():
     return _LVISFasterEval
 
 
-def _load(ev, gt_records: list[dict[str, Any]], dt_records: list[dict[str, Any]], img_sizes: dict) -> None:
+def _load(ev, gt_records: list[dict], matchable: list[dict], unmatchable: list[dict], img_sizes: dict) -> None:
     """Fill ``ev``'s C++ datasets with these records as ``COCOeval._prepare`` would (records are mutated).
 
-    ``gt_records`` and ``dt_records`` are fresh dicts (``dt_records`` carry
-    ``lvis_mark``); ``img_sizes``: image id -> (height, width), for the RLEs of segm.
+    Fresh dicts: ``gt_records``; detections (with ``lvis_mark``) in image-category pairs
+    with ground truth (``matchable``: with their geometry) and in the others
+    (``unmatchable``: no IoU is ever computed for them, so no geometry and no RLE).
+    ``img_sizes``: image id -> (height, width), for the RLEs of segm.
     """
     from faster_coco_eval.core import mask as mask_utils
 
     p = ev.params
-    for records in (gt_records, dt_records):
+    for records in (gt_records, matchable):
         mask_utils.calculateRleForAllAnnotations(
             records, img_sizes, p.compute_rle, p.compute_boundary, ev.boundary_dilation_ratio, ev.boundary_cpu_count
         )
-    pairs = []
-    for dataset, records in ((ev.gt_dataset, gt_records), (ev.dt_dataset, dt_records)):
+    for dataset, records in ((ev.gt_dataset, gt_records), (ev.dt_dataset, matchable), (ev.dt_dataset, unmatchable)):
         append = dataset.append_ref
         for r in records:
             append(r["image_id"], r["category_id"], r)
-        pairs.append({(r["image_id"], r["category_id"]) for r in records})
-    ev._nonempty_iou_pairs = pairs[0] & pairs[1]
+    ev._nonempty_iou_pairs = {(r["image_id"], r["category_id"]) for r in matchable}
 
 
-def _federated(gt: GroundTruth, dets: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """(kept ``[N]`` bool, lvis_mark ``[N]`` bool) for the ``N`` detections of ``dets``.
+def _federated(gt: GroundTruth, dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept, lvis_mark, matchable), bool ``[N]`` each, for the ``N`` detections of ``dets``.
 
     The federated rule, applied here rather than by faster-coco-eval (LVISEval._prepare):
     a detection of a category neither annotated in its image nor negative there is
     dropped; one of a category in the image's ``not_exhaustive_category_ids`` is marked
-    (its unmatched detections are then ignored).
+    (its unmatched detections are then ignored). ``matchable``: the category is
+    annotated in the image (kept; the only detections an IoU is computed for).
     """
-    stride = max([c for c in gt.cat_ids] + [0]) + 1
+    cats = np.unique(np.asarray(gt.cat_ids, dtype=np.int64))
+    K = len(cats)
 
-    def keys(pairs) -> np.ndarray:
-        return np.fromiter((i * stride + c for i, c in pairs), dtype=np.int64)
+    def keys(pairs: list[tuple[int, int]]) -> np.ndarray:
+        arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return arr[:, 0] * K + np.searchsorted(cats, arr[:, 1])
 
-    known = keys(
-        [(a["image_id"], a["category_id"]) for a in gt.annotations]
-        + [(im["id"], c) for im in gt.images for c in im["neg_category_ids"]]
-    )
+    annotated = keys([(a["image_id"], a["category_id"]) for a in gt.annotations])
+    negative = keys([(im["id"], c) for im in gt.images for c in im["neg_category_ids"]])
     unexhaustive = keys([(im["id"], c) for im in gt.images for c in im["not_exhaustive_category_ids"]])
-    det_keys = dets.image_ids * stride + dets.category_ids
-    return np.isin(det_keys, known), np.isin(det_keys, unexhaustive)
+    det_keys = dets.image_ids * K + np.searchsorted(cats, dets.category_ids)
+    matchable = np.isin(det_keys, annotated)
+    return matchable | np.isin(det_keys, negative), np.isin(det_keys, unexhaustive), matchable
+
+
+def _dt_records(
+    dets: Detections, iou_type: str, rows: np.ndarray, matchable: np.ndarray, marked: np.ndarray
+) -> tuple[list[dict], list[dict]]:
+    """Records of ``rows`` for faster-coco-eval: (matchable ones, with geometry; the others, without).
+
+    ``matchable``, ``marked``: bool ``[N]`` from :func:`_federated`; each record gets its ``lvis_mark``.
+    """
+    m = matchable[rows]
+    out = []
+    for part, geometry in ((rows[m], True), (rows[~m], False)):
+        records = dets.for_iou_type(iou_type, with_ids=True, rows=part, geometry=geometry)
+        for d, mark in zip(records, marked[part].tolist()):
+            d["lvis_mark"] = mark
+        out.append(records)
+    return out[0], out[1]
 
 
 def _rows_of(chunk: list[int], by_cat: np.ndarray, cats_sorted: np.ndarray) -> np.ndarray:
@@ -146,59 +167,68 @@ def _run_chunks(
     gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None
 ) -> tuple[np.ndarray, dict[str, float]]:
     """:func:`run_fast`, with the collector already paused."""
-    EvalClass = _make_eval_class()
     K = len(gt.cat_ids)
     col = {c: k for k, c in enumerate(gt.cat_ids)}
-    with_gt = sorted({a["category_id"] for a in gt.annotations})
+    gt_by_cat: dict[int, list] = {}
+    for a in gt.annotations:
+        gt_by_cat.setdefault(a["category_id"], []).append(a)
+    with_gt = sorted(gt_by_cat)
     if not cat_chunk:
         cat_chunk = max(1, MAX_PAIRS_PER_CALL // max(1, len(gt.images)))
     single = cat_chunk >= K  # small enough: one call over every category, as LVISEval does
-    chunks = [list(gt.cat_ids)] if single else [with_gt[i : i + cat_chunk] for i in range(0, len(with_gt), cat_chunk)]
-    kept, marked = _federated(gt, dets)
+    chunks = [sorted(gt.cat_ids)] if single else [with_gt[i : i + cat_chunk] for i in range(0, len(with_gt), cat_chunk)]
+    kept, marked, matchable = _federated(gt, dets)
     rows = np.flatnonzero(kept)
     by_cat = rows[np.argsort(dets.category_ids[rows], kind="stable")]  # rows grouped by category, ids ascending
     cats_sorted = dets.category_ids[by_cat]
-    img_ids = sorted(im["id"] for im in gt.images)
+    all_images = sorted(im["id"] for im in gt.images)
     img_sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
     freq = {c["id"]: c["frequency"] for c in gt.categories}
     precision = -np.ones((len(IOU_THRS), len(REC_THRS), K, len(AREA_RANGES)))
     native: dict[str, float] = {}
     for chunk in chunks:
         chunk_rows = rows if single else _rows_of(chunk, by_cat, cats_sorted)
-        dt_records = dets.for_iou_type(iou_type, with_ids=True, rows=chunk_rows)
-        for r, m in zip(dt_records, marked[chunk_rows].tolist()):
-            r["lvis_mark"] = m
-        keep = set(chunk)
-        gt_records = [dict(a, ignore=0) for a in gt.annotations if a["category_id"] in keep]
-        ev = EvalClass(None, None, iouType=iou_type, lvis_style=True, print_function=_quiet)
-        p = ev.params
-        p.imgIds = img_ids
-        p.catIds = sorted(chunk)
-        p.iouThrs = IOU_THRS.copy()
-        p.recThrs = REC_THRS.copy()
-        p.areaRng = [list(r) for r in AREA_RANGES]
-        p.areaRngLbl = list(AREA_LABELS)
-        p.maxDets = [dets.max_dets]
-        ev.freq_groups = [[k for k, c in enumerate(p.catIds) if freq[c] == f] for f in p.imgCountLbl]
-        _load(ev, gt_records, dt_records, img_sizes)
+        dt_records = _dt_records(dets, iou_type, chunk_rows, matchable, marked)
+        gt_records = [dict(a, ignore=0) for c in chunk for a in gt_by_cat.get(c, ())]
+        # Images with neither ground truth nor detections of these categories add nothing (exact).
+        if single:
+            images = all_images
+        else:
+            images = sorted({a["image_id"] for a in gt_records}.union(dets.image_ids[chunk_rows].tolist()))
+        ev = _evaluator(iou_type, images, chunk, dets.max_dets, freq)
+        _load(ev, gt_records, *dt_records, img_sizes)
         del gt_records, dt_records
         ev.evaluate()
         ev.accumulate()
-        prec = np.asarray(ev.eval["precision"])[..., -1]
-        precision[:, :, [col[c] for c in p.catIds], :] = prec
+        precision[:, :, [col[c] for c in chunk], :] = np.asarray(ev.eval["precision"])[..., -1]
         if single:
-            ev.summarize()
-            sd = ev.stats_as_dict
-            native = {
-                "AP": sd["AP_all"],
-                "AP50": sd["AP_50"],
-                "AP75": sd["AP_75"],
-                "APs": sd["AP_small"],
-                "APm": sd["AP_medium"],
-                "APl": sd["AP_large"],
-                "APr": sd["APr"],
-                "APc": sd["APc"],
-                "APf": sd["APf"],
-            }
+            native = _native_summary(ev)
         del ev
     return precision, native
+
+
+def _evaluator(iou_type: str, img_ids: list[int], cat_ids: list[int], max_dets: int, freq: dict[int, str]):
+    """A faster-coco-eval evaluator (lvis_style) with the protocol's parameters, for these images and categories.
+
+    ``img_ids``, ``cat_ids``: sorted ids; ``freq``: category id -> r/c/f (its APr/APc/APf groups).
+    """
+    ev = _make_eval_class()(None, None, iouType=iou_type, lvis_style=True, print_function=_quiet)
+    p = ev.params
+    p.imgIds = list(img_ids)
+    p.catIds = list(cat_ids)
+    p.iouThrs = IOU_THRS.copy()
+    p.recThrs = REC_THRS.copy()
+    p.areaRng = [list(r) for r in AREA_RANGES]
+    p.areaRngLbl = list(AREA_LABELS)
+    p.maxDets = [max_dets]
+    ev.freq_groups = [[k for k, c in enumerate(p.catIds) if freq[c] == f] for f in p.imgCountLbl]
+    return ev
+
+
+def _native_summary(ev) -> dict[str, float]:
+    """faster-coco-eval's own summary of an evaluation over every category (metric keys as LVISEval's)."""
+    ev.summarize()
+    sd = ev.stats_as_dict
+    keys = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small", "APm": "AP_medium",
+            "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf"}
+    return {k: sd[v] for k, v in keys.items()}

@@ -25,7 +25,7 @@ from simcal.data.geometry import (
     polygon_problem,
     rle_strings_problem,
 )
-from simcal.evaluate.detections import Detections
+from simcal.evaluate.detections import Detections, pack_counts
 from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
 
 _FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
@@ -188,10 +188,24 @@ def prepare_ground_truth(
 
 
 def read_results(path: str | os.PathLike) -> Any:
-    """The parsed results json; InputError for a missing or unreadable file."""
-    from simcal.core.jsonio import read_json
+    """The parsed results json; InputError for a missing or unreadable file.
 
-    return read_json(path, "a results json file", "rewrite the results file")
+    The bytes are decoded to text first, exactly as ``json.loads`` would decode them,
+    and let go before parsing: the parse then never holds the file twice (bytes and
+    text) besides its objects. Bytes that do not decode go to the parser as they are,
+    which refuses them in its own words.
+    """
+    import json
+
+    from simcal.core.jsonio import parse_json, read_bytes
+
+    what, fix = "a results json file", "rewrite the results file"
+    raw: bytes | str = read_bytes(path, what)
+    try:
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        pass
+    return parse_json(raw, path, what, fix)
 
 
 def _is_int(x: Any) -> bool:
@@ -436,7 +450,8 @@ def prepare_results(
     if has_segm:
         mask_sizes = sizes[keep]
         counts = [
-            to_compressed_rle(segs[i], h, w)["counts"] for i, (h, w) in zip(keep.tolist(), mask_sizes.tolist())
+            seg["counts"] if type(seg) is dict and type(seg["counts"]) is str else to_compressed_rle(seg, h, w)["counts"]
+            for seg, (h, w) in zip(map(segs.__getitem__, keep.tolist()), mask_sizes.tolist())
         ]
     del segs
     # area by the LVISResults rule: box area when results carry boxes, else mask area
@@ -457,7 +472,8 @@ def prepare_results(
             counts = [c for c, good in zip(counts, ok.tolist()) if good]
             mask_sizes = mask_sizes[ok]
     return Detections(
-        image_ids[keep], category_ids[keep], scores[keep], areas, kept_boxes, counts, mask_sizes,
+        image_ids[keep], category_ids[keep], scores[keep], areas, kept_boxes,
+        *(pack_counts(counts) if counts is not None else (None, None)), mask_sizes,
         n, num_capped, max_dets, int((~ok).sum()),
     )
 
