@@ -450,7 +450,7 @@ def prepare_results(
     if has_segm:
         mask_sizes = sizes[keep]
         counts = [
-            seg["counts"] if type(seg) is dict and type(seg["counts"]) is str else to_compressed_rle(seg, h, w)["counts"]
+            to_compressed_rle(seg, h, w)["counts"]
             for seg, (h, w) in zip(map(segs.__getitem__, keep.tolist()), mask_sizes.tolist())
         ]
     del segs
