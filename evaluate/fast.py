@@ -76,21 +76,22 @@ def _make_eval_class():
     return _LVISFasterEval
 
 
-def _load(ev, gt_records: list[dict], matchable: list[dict], unmatchable: list[dict], img_sizes: dict) -> None:
+def _load(ev, gt_records: list[dict], matchable: list[dict], unmatchable: list[dict]) -> None:
     """Fill ``ev``'s C++ datasets with these records as ``COCOeval._prepare`` would (records are mutated).
 
     Fresh dicts: ``gt_records``; detections (with ``lvis_mark``) in image-category pairs
     with ground truth (``matchable``: with their geometry) and in the others
-    (``unmatchable``: no IoU is ever computed for them, so no geometry and no RLE).
-    ``img_sizes``: image id -> (height, width), for the RLEs of segm.
-    """
-    from faster_coco_eval.core import mask as mask_utils
+    (``unmatchable``: no IoU is ever computed for them, so no geometry).
 
-    p = ev.params
-    for records in (gt_records, matchable):
-        mask_utils.calculateRleForAllAnnotations(
-            records, img_sizes, p.compute_rle, p.compute_boundary, ev.boundary_dilation_ratio, ev.boundary_cpu_count
-        )
+    For mask IoU, each record's ``rle`` is its compressed RLE as it is (every mask here
+    is one, at its image's size): faster-coco-eval's mask IoU reads it directly and
+    gives the same IoUs, where ``calculateRleForAllAnnotations`` would first decode
+    every counts string into Python lists.
+    """
+    if ev.params.compute_rle:
+        for records in (gt_records, matchable):
+            for r in records:
+                r["rle"] = r["segmentation"]
     for dataset, records in ((ev.gt_dataset, gt_records), (ev.dt_dataset, matchable), (ev.dt_dataset, unmatchable)):
         append = dataset.append_ref
         for r in records:
@@ -182,7 +183,6 @@ def _run_chunks(
     by_cat = rows[np.argsort(dets.category_ids[rows], kind="stable")]  # rows grouped by category, ids ascending
     cats_sorted = dets.category_ids[by_cat]
     all_images = sorted(im["id"] for im in gt.images)
-    img_sizes = {im["id"]: (im["height"], im["width"]) for im in gt.images}
     freq = {c["id"]: c["frequency"] for c in gt.categories}
     precision = -np.ones((len(IOU_THRS), len(REC_THRS), K, len(AREA_RANGES)))
     native: dict[str, float] = {}
@@ -196,7 +196,7 @@ def _run_chunks(
         else:
             images = sorted({a["image_id"] for a in gt_records}.union(dets.image_ids[chunk_rows].tolist()))
         ev = _evaluator(iou_type, images, chunk, dets.max_dets, freq)
-        _load(ev, gt_records, *dt_records, img_sizes)
+        _load(ev, gt_records, *dt_records)
         del gt_records, dt_records
         ev.evaluate()
         ev.accumulate()
