@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import eq, methodcaller
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -248,14 +250,22 @@ def _check_segmentation(path, i: int, seg: Any, im: dict[str, Any]) -> None:
         raise input_error(path, f"result {i} has {problem}", "encode masks with pycocotools.mask.encode")
 
 
-def _check_rle_strings(where, segs: list, pixels: np.ndarray) -> None:
+def _compressed_counts(segs: list) -> tuple[list[int], list[str]]:
+    """(index, counts) of the results whose segmentation is compressed RLE (a ``str`` counts); ``segs`` as given."""
+    if _types(segs) <= {dict}:
+        strings = [seg.get("counts") for seg in segs]
+        if _types(strings) <= {str}:  # the common case: every result has one
+            return list(range(len(segs))), strings
+    index = [i for i, seg in enumerate(segs) if type(seg) is dict and type(seg.get("counts")) is str]
+    return index, [segs[i]["counts"] for i in index]
+
+
+def _check_rle_strings(where, index: list[int], strings: list[str], pixels: np.ndarray) -> None:
     """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does.
 
-    ``segs``: each result's segmentation (None where it has none); ``pixels``: int64 ``[n]``,
-    the height x width of each result's image.
+    ``strings[j]`` is the counts of result ``index[j]``, whose image has ``pixels[j]`` pixels.
     """
-    index = [i for i, seg in enumerate(segs) if type(seg) is dict and type(seg.get("counts")) is str]
-    found = rle_strings_problem([segs[i]["counts"] for i in index], pixels[index])
+    found = rle_strings_problem(strings, pixels)
     if found is not None:
         raise input_error(
             where,
@@ -293,42 +303,46 @@ def _check_box(where, i: int, box: Any, im: dict[str, Any]) -> None:
 Columns = tuple
 
 
+def _types(values) -> set:
+    """The set of the exact types of ``values`` (one C-level pass; ``bool`` is not ``int`` here)."""
+    return set(map(type, values))
+
+
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
     """The :data:`Columns` of well-formed results in bulk; None if anything is unusual.
 
     Accepts exactly what :func:`_columns_checked` accepts with compressed-RLE masks
     (the common case) and returns the same columns; anything else (a bad record,
-    polygons, uncompressed RLE) goes to the record-by-record pass.
+    polygons, uncompressed RLE) goes to the record-by-record pass. Each check is one
+    pass over a column (exact types, as the record-by-record checks: no ``bool``).
     """
     n = len(results)
-    if not all(type(r) is dict for r in results):
+    if not _types(results) <= {dict}:
         return None
     imgs = [r.get("image_id") for r in results]
     cats = [r.get("category_id") for r in results]
     scs = [r.get("score") for r in results]
-    if not (all(type(x) is int for x in imgs) and all(type(x) is int for x in cats)):
+    if not (_types(imgs) <= {int} and _types(cats) <= {int} and _types(scs) <= {float, int}):
         return None
     if not (set(imgs) <= img_by_id.keys() and set(cats) <= cat_ids):
         return None
-    if not all(type(x) is float or type(x) is int for x in scs):
-        return None
-    scores = np.array(scs, dtype=np.float64)
+    scores = np.array(scs, dtype=np.float64).reshape(n)
     if not np.isfinite(scores).all():
         return None
+    image_ids = np.array(imgs, dtype=np.int64).reshape(n)
+    sizes = _image_sizes(img_by_id, image_ids)
     boxes_raw = [r.get("bbox") for r in results]
     n_bbox = n - boxes_raw.count(None)
     boxes = None
     if n_bbox:
-        if n_bbox != n or not all(type(b) is list and len(b) == 4 for b in boxes_raw):
+        if n_bbox != n or not (_types(boxes_raw) <= {list} and set(map(len, boxes_raw)) <= {4}):
             return None
-        if not all(type(v) is float or type(v) is int for b in boxes_raw for v in b):
+        if not _types(chain.from_iterable(boxes_raw)) <= {float, int}:
             return None
         boxes = np.array(boxes_raw, dtype=np.float64).reshape(n, 4)
         if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
             return None
-        heights = np.array([img_by_id[i]["height"] for i in imgs], dtype=np.float64)
-        widths = np.array([img_by_id[i]["width"] for i in imgs], dtype=np.float64)
-        if boxes_outside(boxes, heights, widths).any():
+        if boxes_outside(boxes, sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)).any():
             return None
     elif need_bbox and n:
         return None
@@ -337,20 +351,13 @@ def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool,
     if need_segm and n_segm != n:
         return None
     if n_segm:
-        for img, seg in zip(imgs, segs):
-            if seg is None:
-                continue
-            im = img_by_id[img]
-            if (
-                type(seg) is not dict
-                or type(seg.get("counts")) is not str
-                or seg.get("size") != [im["height"], im["width"]]
-            ):
-                return None
-    return (
-        np.array(imgs, dtype=np.int64).reshape(n), np.array(cats, dtype=np.int64).reshape(n), scores, boxes, segs,
-        n > 0 and n_segm == n,
-    )
+        given = [i for i, seg in enumerate(segs) if seg is not None] if n_segm != n else range(n)
+        present = [segs[i] for i in given] if n_segm != n else segs
+        if not (_types(present) <= {dict} and _types(map(methodcaller("get", "counts"), present)) <= {str}):
+            return None
+        if not all(map(eq, map(methodcaller("get", "size"), present), sizes[given].tolist())):
+            return None
+    return image_ids, np.array(cats, dtype=np.int64).reshape(n), scores, boxes, segs, n > 0 and n_segm == n
 
 
 def _columns_checked(
@@ -442,18 +449,22 @@ def prepare_results(
         cols = _columns_checked(where, gt, results, img_by_id, cat_ids, need_bbox, need_segm)
     image_ids, category_ids, scores, boxes, segs, has_segm = cols
     sizes = _image_sizes(img_by_id, image_ids)
-    _check_rle_strings(where, segs, sizes[:, 0] * sizes[:, 1])
+    index, strings = _compressed_counts(segs)
+    _check_rle_strings(where, index, strings, (sizes[:, 0] * sizes[:, 1])[index])
     keep, num_capped = _cap_per_image(image_ids, scores, max_dets)
 
     kept_boxes = boxes[keep] if boxes is not None else None
     counts = mask_sizes = None
     if has_segm:
         mask_sizes = sizes[keep]
-        counts = [
-            to_compressed_rle(seg, h, w)["counts"]
-            for seg, (h, w) in zip(map(segs.__getitem__, keep.tolist()), mask_sizes.tolist())
-        ]
-    del segs
+        if len(strings) == n:  # every mask is compressed RLE already
+            counts = list(map(strings.__getitem__, keep.tolist()))
+        else:
+            counts = [
+                to_compressed_rle(seg, h, w)["counts"]
+                for seg, (h, w) in zip(map(segs.__getitem__, keep.tolist()), mask_sizes.tolist())
+            ]
+    del segs, strings
     # area by the LVISResults rule: box area when results carry boxes, else mask area
     if kept_boxes is not None:
         areas = kept_boxes[:, 2] * kept_boxes[:, 3]
