@@ -125,8 +125,13 @@ def evaluate_results(
     natives: dict[str, dict[str, float]] = {}
     per_class_aps: dict[str, np.ndarray] = {}
     gt_counts: dict[int, int] = {}
-    for t in iou_types:
-        g = prepare_ground_truth(gt, t, frequencies, freq_source)
+    gts = {t: prepare_ground_truth(gt, t, frequencies, freq_source) for t in iou_types}
+    fast_out = {}
+    if len(dets) and backend == "fast":
+        from simcal.evaluate.fast import run_fast
+
+        fast_out = run_fast(gts, dets, cat_chunk=cat_chunk)  # both IoU types from one set of records
+    for t, g in gts.items():
         for w in g.warnings:
             if w not in warnings:
                 warnings.append(w)
@@ -137,9 +142,7 @@ def evaluate_results(
             prec = empty_precision(g.annotations, g.cat_ids, AREA_RANGES, len(IOU_THRS), len(REC_THRS))
             native: dict[str, float] = {}
         elif backend == "fast":
-            from simcal.evaluate.fast import run_fast
-
-            prec, native = run_fast(g, dets, t, cat_chunk=cat_chunk)
+            prec, native = fast_out[t]
         else:
             from simcal.evaluate.lvis_reference import run_reference
 

@@ -23,7 +23,7 @@ precision array by :mod:`simcal.evaluate.bins`, exactly as for the reference.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -148,32 +148,32 @@ def _rows_of(chunk: list[int], by_cat: np.ndarray, cats_sorted: np.ndarray) -> n
 
 
 def run_fast(
-    gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None = None
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Precision ``[T, R, K, A]`` (categories in ``gt.cat_ids`` order) and faster-coco-eval's own summary.
+    gts: Mapping[str, GroundTruth], dets: Detections, cat_chunk: int | None = None
+) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
+    """Per IoU type of ``gts`` (its ground truth for that type): precision and faster-coco-eval's own summary.
 
-    Small inputs run in one call over every category. Larger ones (more than
+    Precision ``[T, R, K, A]`` has the categories in ``gt.cat_ids`` order. Small
+    inputs run in one call per IoU type over every category. Larger ones (more than
     :data:`MAX_PAIRS_PER_CALL` image-category pairs, or ``cat_chunk`` given) run
     ``cat_chunk`` categories at a time, and only the categories with ground truth
     in val (the others have no precision, -1, whatever was detected): exact,
     because LVIS accumulates each category on its own, and it bounds the memory on
-    LVIS-scale inputs (the records of one chunk exist at a time). The native summary
-    is only available from a single call (else an empty dict).
+    LVIS-scale inputs (the records of one chunk exist at a time, shared by the IoU
+    types). The native summary is only available from a single call (else an empty dict).
     """
     with gc_paused():
-        return _run_chunks(gt, dets, iou_type, cat_chunk)
+        return _run_chunks(gts, dets, cat_chunk)
 
 
 def _run_chunks(
-    gt: GroundTruth, dets: Detections, iou_type: str, cat_chunk: int | None
-) -> tuple[np.ndarray, dict[str, float]]:
+    gts: Mapping[str, GroundTruth], dets: Detections, cat_chunk: int | None
+) -> dict[str, tuple[np.ndarray, dict[str, float]]]:
     """:func:`run_fast`, with the collector already paused."""
+    gt = next(iter(gts.values()))  # images, categories and federated lists are the same for every IoU type
     K = len(gt.cat_ids)
     col = {c: k for k, c in enumerate(gt.cat_ids)}
-    gt_by_cat: dict[int, list] = {}
-    for a in gt.annotations:
-        gt_by_cat.setdefault(a["category_id"], []).append(a)
-    with_gt = sorted(gt_by_cat)
+    gt_by_cat = {t: _by_category(g.annotations) for t, g in gts.items()}
+    with_gt = sorted(set().union(*gt_by_cat.values()))
     if not cat_chunk:
         cat_chunk = max(1, MAX_PAIRS_PER_CALL // max(1, len(gt.images)))
     single = cat_chunk >= K  # small enough: one call over every category, as LVISEval does
@@ -184,27 +184,35 @@ def _run_chunks(
     cats_sorted = dets.category_ids[by_cat]
     all_images = sorted(im["id"] for im in gt.images)
     freq = {c["id"]: c["frequency"] for c in gt.categories}
-    precision = -np.ones((len(IOU_THRS), len(REC_THRS), K, len(AREA_RANGES)))
-    native: dict[str, float] = {}
+    out = {t: (-np.ones((len(IOU_THRS), len(REC_THRS), K, len(AREA_RANGES))), {}) for t in gts}
+    geometry_of = "segm" if "segm" in gts else "bbox"  # the records carry what every IoU type reads
     for chunk in chunks:
         chunk_rows = rows if single else _rows_of(chunk, by_cat, cats_sorted)
-        dt_records = _dt_records(dets, iou_type, chunk_rows, matchable, marked)
-        gt_records = [dict(a, ignore=0) for c in chunk for a in gt_by_cat.get(c, ())]
-        # Images with neither ground truth nor detections of these categories add nothing (exact).
-        if single:
-            images = all_images
-        else:
-            images = sorted({a["image_id"] for a in gt_records}.union(dets.image_ids[chunk_rows].tolist()))
-        ev = _evaluator(iou_type, images, chunk, dets.max_dets, freq)
-        _load(ev, gt_records, *dt_records)
-        del gt_records, dt_records
-        ev.evaluate()
-        ev.accumulate()
-        precision[:, :, [col[c] for c in chunk], :] = np.asarray(ev.eval["precision"])[..., -1]
-        if single:
-            native = _native_summary(ev)
-        del ev
-    return precision, native
+        dt_records = _dt_records(dets, geometry_of, chunk_rows, matchable, marked)
+        dt_images = set(dets.image_ids[chunk_rows].tolist())
+        for t, (precision, native) in out.items():
+            gt_records = [dict(a, ignore=0) for c in chunk for a in gt_by_cat[t].get(c, ())]
+            # Images with neither ground truth nor detections of these categories add nothing (exact).
+            images = all_images if single else sorted(dt_images.union(a["image_id"] for a in gt_records))
+            ev = _evaluator(t, images, chunk, dets.max_dets, freq)
+            _load(ev, gt_records, *dt_records)
+            del gt_records
+            ev.evaluate()
+            ev.accumulate()
+            precision[:, :, [col[c] for c in chunk], :] = np.asarray(ev.eval["precision"])[..., -1]
+            if single:
+                native.update(_native_summary(ev))
+            del ev
+        del dt_records
+    return out
+
+
+def _by_category(annotations: list[dict]) -> dict[int, list[dict]]:
+    """Category id -> its annotations, in file order."""
+    out: dict[int, list[dict]] = {}
+    for a in annotations:
+        out.setdefault(a["category_id"], []).append(a)
+    return out
 
 
 def _evaluator(iou_type: str, img_ids: list[int], cat_ids: list[int], max_dets: int, freq: dict[int, str]):
