@@ -112,8 +112,11 @@ def _federated(gt: GroundTruth, dets: Detections) -> tuple[np.ndarray, np.ndarra
     K = len(cats)
 
     def keys(pairs: list[tuple[int, int]]) -> np.ndarray:
+        """One int64 per (image id, category id) pair; pairs of a category not in ``cats`` are left out."""
         arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-        return arr[:, 0] * K + np.searchsorted(cats, arr[:, 1])
+        col = np.minimum(np.searchsorted(cats, arr[:, 1]), max(K - 1, 0))
+        known = cats[col] == arr[:, 1] if K else np.zeros(len(arr), dtype=bool)
+        return arr[known, 0] * K + col[known]
 
     annotated = keys([(a["image_id"], a["category_id"]) for a in gt.annotations])
     negative = keys([(im["id"], c) for im in gt.images for c in im["neg_category_ids"]])
