@@ -46,8 +46,8 @@ def _make_eval_class():
     """COCOeval_faster fed directly with prepared records (no COCO objects, no ``_prepare``).
 
     :func:`_load` fills its C++ datasets the way ``_prepare`` does (``append_ref`` of
-    every record, RLEs by ``calculateRleForAllAnnotations``) from records built once
-    from the columns of :class:`Detections`. ``evaluate()`` then hands the nested list
+    every record) from records built once per class chunk from the columns of
+    :class:`Detections`. ``evaluate()`` then hands the nested list
     of IoU matrices to C++ directly, computing IoUs only for the image-category pairs
     with both ground truth and detections (the stock code computes no others either),
     instead of building a dict over every pair.
