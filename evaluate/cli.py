@@ -94,15 +94,17 @@ def run(args: argparse.Namespace) -> int:
     from simcal.core.manifest import completed, fingerprint_file, write_manifest
     from simcal.data.annotations import load_annotations
     from simcal.evaluate.evaluator import default_iou_types, evaluate_results
-    from simcal.evaluate.inputs import read_results, resolve_max_dets
+    from simcal.evaluate.gcpause import gc_paused
+    from simcal.evaluate.inputs import prepare_results, read_results, resolve_max_dets
     from simcal.evaluate.tables import load_metrics, metrics_table, per_class_csv
 
     require_output(args.out, "file", "--out", "metrics.json")
     require_output(args.per_class, "file", "--per-class", "per_class.csv")
-    gt = load_annotations(args.gt)
-    max_dets, source = resolve_max_dets(args.max_dets, gt)
-    train = load_annotations(args.train_ann)
-    results = read_results(args.results)
+    with gc_paused():  # millions of acyclic dicts: see simcal.evaluate.gcpause
+        gt = load_annotations(args.gt)
+        max_dets, source = resolve_max_dets(args.max_dets, gt)
+        train = load_annotations(args.train_ann)
+        results = read_results(args.results)
     if args.iou_type is None:
         iou_types = default_iou_types(results)
     else:
@@ -119,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
         print(metrics_table(load_metrics(args.out)))
         print(f"\n{args.out} already holds these metrics; nothing to do.")
         return 0
-    report = evaluate_results(gt, results, train, iou_types, args.bins, args.backend, max_dets, args.results)
+    with gc_paused():
+        dets = prepare_results(results, gt, iou_types, max_dets, args.results)
+    del results  # the parsed file: only the validated columns are kept
+    report = evaluate_results(gt, dets, train, iou_types, args.bins, args.backend, max_dets, args.results)
     report.config["max_dets_source"] = source
     print(cap_line)
     for w in report.warnings:

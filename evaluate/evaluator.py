@@ -17,6 +17,8 @@ import numpy as np
 from simcal.core.errors import input_error
 from simcal.data.annotations import Annotations
 from simcal.evaluate.bins import empty_precision, per_class_ap, summarize
+from simcal.evaluate.detections import Detections
+from simcal.evaluate.gcpause import gc_paused
 from simcal.evaluate.inputs import (
     check_training,
     prepare_ground_truth,
@@ -62,6 +64,8 @@ def category_bins(gt: Annotations, train: Annotations, bins: str) -> dict[int, d
 
 def default_iou_types(dets_raw: Any) -> tuple[str, ...]:
     """Both box and mask AP when every result has a mask, else box AP."""
+    if isinstance(dets_raw, Detections):
+        return ("bbox", "segm") if dets_raw.has_segm else ("bbox",)
     if (
         isinstance(dets_raw, list)
         and dets_raw
@@ -84,7 +88,9 @@ def evaluate_results(
 ) -> EvalReport:
     """Evaluate parsed ``results`` (a list of LVIS result records) against ``gt``.
 
-    Raises :class:`~simcal.core.errors.InputError` for bad results. ``max_dets`` is
+    ``results`` may also be the :class:`Detections` that :func:`inputs.prepare_results`
+    made of them for ``iou_types`` and ``max_dets`` (the CLI does so, to let go of the
+    parsed file before the evaluation). Raises :class:`~simcal.core.errors.InputError` for bad results. ``max_dets`` is
     the per-image cap (resolve the default with :func:`inputs.resolve_max_dets`).
     """
     if backend not in BACKENDS:
@@ -99,7 +105,12 @@ def evaluate_results(
     frequencies, freq_source = resolve_frequencies(gt, train)
     if not freq_source.startswith("ground"):
         warnings.append(f"APr/APc/APf use frequencies from {freq_source}")
-    dets = prepare_results(results, gt, iou_types, max_dets, results_path)
+    if isinstance(results, Detections):
+        dets = results
+    else:
+        with gc_paused():
+            dets = prepare_results(results, gt, iou_types, max_dets, results_path)
+    del results  # the parsed records: only the columns of dets are used from here on
     if dets.num_input == 0:
         warnings.append("the results file is empty: every AP is 0")
     if dets.num_images_capped:
@@ -114,21 +125,24 @@ def evaluate_results(
     natives: dict[str, dict[str, float]] = {}
     per_class_aps: dict[str, np.ndarray] = {}
     gt_counts: dict[int, int] = {}
-    for t in iou_types:
-        g = prepare_ground_truth(gt, t, frequencies, freq_source)
+    gts = {t: prepare_ground_truth(gt, t, frequencies, freq_source) for t in iou_types}
+    fast_out = {}
+    if len(dets) and backend == "fast":
+        from simcal.evaluate.fast import run_fast
+
+        fast_out = run_fast(gts, dets, cat_chunk=cat_chunk)  # both IoU types from one set of records
+    for t, g in gts.items():
         for w in g.warnings:
             if w not in warnings:
                 warnings.append(w)
         if not gt_counts:
             for a in g.annotations:
                 gt_counts[a["category_id"]] = gt_counts.get(a["category_id"], 0) + 1
-        if not dets.records:
+        if not len(dets):
             prec = empty_precision(g.annotations, g.cat_ids, AREA_RANGES, len(IOU_THRS), len(REC_THRS))
             native: dict[str, float] = {}
         elif backend == "fast":
-            from simcal.evaluate.fast import run_fast
-
-            prec, native = run_fast(g, dets, t, cat_chunk=cat_chunk)
+            prec, native = fast_out[t]
         else:
             from simcal.evaluate.lvis_reference import run_reference
 
@@ -179,7 +193,7 @@ def evaluate_results(
         "categories_in_val_per_bin": counts_bin,
         "categories_in_val_per_frequency": counts_freq,
         "num_results": dets.num_input,
-        "num_results_evaluated": len(dets.records),
+        "num_results_evaluated": len(dets),
         "num_images_over_cap": dets.num_images_capped,
         "seconds": round(time.perf_counter() - t0, 3),
         "warnings": list(warnings),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import eq, methodcaller
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +27,7 @@ from simcal.data.geometry import (
     polygon_problem,
     rle_strings_problem,
 )
+from simcal.evaluate.detections import Detections, pack_counts
 from simcal.evaluate.protocol import FREQUENCIES, IOU_TYPES, LVIS_MAX_DETS
 
 _FIX_RESULTS = "write results as a JSON list of {image_id, category_id, bbox, score[, segmentation]} records"
@@ -186,44 +189,25 @@ def prepare_ground_truth(
 # --------------------------------------------------------------------------- results
 
 
-@dataclass
-class Detections:
-    """Validated results, capped per image and ordered (image id, score descending).
-
-    ``records`` carry ``image_id, category_id, score`` and, where given, ``bbox`` and
-    ``segmentation`` (compressed RLE), plus ``area`` by the LVISResults rule.
-    """
-
-    records: list[dict[str, Any]]
-    num_input: int
-    num_images_capped: int
-    has_bbox: bool
-    has_segm: bool
-    max_dets: int
-    num_zero_area: int = 0
-
-    def for_iou_type(self, iou_type: str, with_ids: bool) -> list[dict[str, Any]]:
-        """Fresh dicts for one backend: only the keys ``iou_type`` needs."""
-        drop_segm = iou_type == "bbox"
-        out = []
-        for i, r in enumerate(self.records):
-            d = dict(r)
-            if drop_segm:
-                d.pop("segmentation", None)
-            if with_ids:
-                d["id"] = i + 1
-                d["iscrowd"] = 0
-            else:
-                del d["area"]
-            out.append(d)
-        return out
-
-
 def read_results(path: str | os.PathLike) -> Any:
-    """The parsed results json; InputError for a missing or unreadable file."""
-    from simcal.core.jsonio import read_json
+    """The parsed results json; InputError for a missing or unreadable file.
 
-    return read_json(path, "a results json file", "rewrite the results file")
+    The bytes are decoded to text first, exactly as ``json.loads`` would decode them,
+    and let go before parsing: the parse then never holds the file twice (bytes and
+    text) besides its objects. Bytes that do not decode go to the parser as they are,
+    which refuses them in its own words.
+    """
+    import json
+
+    from simcal.core.jsonio import parse_json, read_bytes
+
+    what, fix = "a results json file", "rewrite the results file"
+    raw: bytes | str = read_bytes(path, what)
+    try:
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        pass
+    return parse_json(raw, path, what, fix)
 
 
 def _is_int(x: Any) -> bool:
@@ -266,16 +250,21 @@ def _check_segmentation(path, i: int, seg: Any, im: dict[str, Any]) -> None:
         raise input_error(path, f"result {i} has {problem}", "encode masks with pycocotools.mask.encode")
 
 
-def _check_rle_strings(where, results: list, img_by_id: dict) -> None:
-    """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does."""
-    index, strings, pixels = [], [], []
-    for i, r in enumerate(results):
-        seg = r.get("segmentation")
-        if type(seg) is dict and type(seg.get("counts")) is str:
-            im = img_by_id[r["image_id"]]
-            index.append(i)
-            strings.append(seg["counts"])
-            pixels.append(im["height"] * im["width"])
+def _compressed_counts(segs: list) -> tuple[list[int], list[str]]:
+    """(index, counts) of the results whose segmentation is compressed RLE (a ``str`` counts); ``segs`` as given."""
+    if _types(segs) <= {dict}:
+        strings = [seg.get("counts") for seg in segs]
+        if _types(strings) <= {str}:  # the common case: every result has one
+            return list(range(len(segs))), strings
+    index = [i for i, seg in enumerate(segs) if type(seg) is dict and type(seg.get("counts")) is str]
+    return index, [segs[i]["counts"] for i in index]
+
+
+def _check_rle_strings(where, index: list[int], strings: list[str], pixels: np.ndarray) -> None:
+    """Decode every compressed counts string of the (otherwise valid) results at once, before any C decoder does.
+
+    ``strings[j]`` is the counts of result ``index[j]``, whose image has ``pixels[j]`` pixels.
+    """
     found = rle_strings_problem(strings, pixels)
     if found is not None:
         raise input_error(
@@ -308,42 +297,52 @@ def _check_box(where, i: int, box: Any, im: dict[str, Any]) -> None:
                           "inside their image")
 
 
+#: What the validation passes return for ``n`` results: ``(image_ids, category_ids, scores, boxes, segs,
+#: has_segm)``: int64 ``[n]``, int64 ``[n]``, float64 ``[n]``, float64 ``[n, 4]`` (None when the results carry
+#: no boxes), each result's segmentation as given (None where it has none), and whether every result has one.
+Columns = tuple
+
+
+def _types(values) -> set:
+    """The set of the exact types of ``values`` (one C-level pass; ``bool`` is not ``int`` here)."""
+    return set(map(type, values))
+
+
 def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool):
-    """(image_ids, scores, boxes or None, has_segm) for well-formed results in bulk; None if anything is unusual.
+    """The :data:`Columns` of well-formed results in bulk; None if anything is unusual.
 
     Accepts exactly what :func:`_columns_checked` accepts with compressed-RLE masks
     (the common case) and returns the same columns; anything else (a bad record,
-    polygons, uncompressed RLE) goes to the record-by-record pass.
+    polygons, uncompressed RLE) goes to the record-by-record pass. Each check is one
+    pass over a column (exact types, as the record-by-record checks: no ``bool``).
     """
     n = len(results)
-    if not all(type(r) is dict for r in results):
+    if not _types(results) <= {dict}:
         return None
     imgs = [r.get("image_id") for r in results]
     cats = [r.get("category_id") for r in results]
     scs = [r.get("score") for r in results]
-    if not (all(type(x) is int for x in imgs) and all(type(x) is int for x in cats)):
+    if not (_types(imgs) <= {int} and _types(cats) <= {int} and _types(scs) <= {float, int}):
         return None
     if not (set(imgs) <= img_by_id.keys() and set(cats) <= cat_ids):
         return None
-    if not all(type(x) is float or type(x) is int for x in scs):
-        return None
-    scores = np.array(scs, dtype=np.float64)
+    scores = np.array(scs, dtype=np.float64).reshape(n)
     if not np.isfinite(scores).all():
         return None
+    image_ids = np.array(imgs, dtype=np.int64).reshape(n)
+    sizes = _image_sizes(img_by_id, image_ids)
     boxes_raw = [r.get("bbox") for r in results]
     n_bbox = n - boxes_raw.count(None)
     boxes = None
     if n_bbox:
-        if n_bbox != n or not all(type(b) is list and len(b) == 4 for b in boxes_raw):
+        if n_bbox != n or not (_types(boxes_raw) <= {list} and set(map(len, boxes_raw)) <= {4}):
             return None
-        if not all(type(v) is float or type(v) is int for b in boxes_raw for v in b):
+        if not _types(chain.from_iterable(boxes_raw)) <= {float, int}:
             return None
         boxes = np.array(boxes_raw, dtype=np.float64).reshape(n, 4)
         if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
             return None
-        heights = np.array([img_by_id[i]["height"] for i in imgs], dtype=np.float64)
-        widths = np.array([img_by_id[i]["width"] for i in imgs], dtype=np.float64)
-        if boxes_outside(boxes, heights, widths).any():
+        if boxes_outside(boxes, sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)).any():
             return None
     elif need_bbox and n:
         return None
@@ -352,25 +351,23 @@ def _columns_fast(results: list, img_by_id: dict, cat_ids: set, need_bbox: bool,
     if need_segm and n_segm != n:
         return None
     if n_segm:
-        for img, seg in zip(imgs, segs):
-            if seg is None:
-                continue
-            im = img_by_id[img]
-            if (
-                type(seg) is not dict
-                or type(seg.get("counts")) is not str
-                or seg.get("size") != [im["height"], im["width"]]
-            ):
-                return None
-    return np.array(imgs, dtype=np.int64).reshape(n), scores, boxes, n > 0 and n_segm == n
+        given = [i for i, seg in enumerate(segs) if seg is not None] if n_segm != n else range(n)
+        present = [segs[i] for i in given] if n_segm != n else segs
+        if not (_types(present) <= {dict} and _types(map(methodcaller("get", "counts"), present)) <= {str}):
+            return None
+        if not all(map(eq, map(methodcaller("get", "size"), present), sizes[given].tolist())):
+            return None
+    return image_ids, np.array(cats, dtype=np.int64).reshape(n), scores, boxes, segs, n > 0 and n_segm == n
 
 
 def _columns_checked(
     where, gt: Annotations, results: list, img_by_id: dict, cat_ids: set, need_bbox: bool, need_segm: bool
 ):
-    """The record-by-record validation: the first problem becomes an InputError; else the columns."""
+    """The record-by-record validation: the first problem becomes an InputError; else the :data:`Columns`."""
     n = len(results)
     image_ids = np.empty(n, dtype=np.int64)
+    category_ids = np.empty(n, dtype=np.int64)
+    segs: list = [None] * n
     scores = np.empty(n, dtype=np.float64)
     boxes = np.empty((n, 4), dtype=np.float64)
     n_bbox = n_segm = 0
@@ -402,6 +399,7 @@ def _columns_checked(
         seg = r.get("segmentation")
         if seg is not None:
             _check_segmentation(where, i, seg, img_by_id[img])
+            segs[i] = seg
             n_segm += 1
         elif need_segm:
             raise input_error(
@@ -410,10 +408,11 @@ def _columns_checked(
                 "evaluate with --iou-type bbox or write masks as RLE",
             )
         image_ids[i] = img
+        category_ids[i] = cat
         scores[i] = s
     if 0 < n_bbox < n:
         raise input_error(where, f"{n_bbox} of {n} results carry a bbox", "give every result a bbox, or none")
-    return image_ids, scores, (boxes if n and n_bbox == n else None), n > 0 and n_segm == n
+    return image_ids, category_ids, scores, (boxes if n and n_bbox == n else None), segs, n > 0 and n_segm == n
 
 
 def prepare_results(
@@ -448,43 +447,70 @@ def prepare_results(
     cols = _columns_fast(results, img_by_id, cat_ids, need_bbox, need_segm)
     if cols is None:  # something is unusual: the record-by-record pass names the first problem
         cols = _columns_checked(where, gt, results, img_by_id, cat_ids, need_bbox, need_segm)
-    image_ids, scores, boxes, has_segm = cols
-    _check_rle_strings(where, results, img_by_id)
-    has_bbox = boxes is not None
+    image_ids, category_ids, scores, boxes, segs, has_segm = cols
+    sizes = _image_sizes(img_by_id, image_ids)
+    index, strings = _compressed_counts(segs)
+    _check_rle_strings(where, index, strings, (sizes[:, 0] * sizes[:, 1])[index])
+    keep, num_capped = _cap_per_image(image_ids, scores, max_dets)
 
-    # Cap per image: highest scores, ties in file order (a stable sort, as LVISResults).
-    order = np.lexsort((np.arange(n), -scores, image_ids)) if n else np.zeros(0, dtype=np.int64)
-    sorted_imgs = image_ids[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_imgs)) + 1] if n else np.zeros(0, dtype=np.int64)
-    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) if n else np.zeros(0, dtype=np.int64)
-    keep = order[rank < max_dets]
-    counts = np.diff(np.r_[starts, n]) if n else np.zeros(0, dtype=np.int64)
-    num_capped = int((counts > max_dets).sum())
-
-    keep_list = keep.tolist()
-    kept_boxes = boxes[keep].tolist() if has_bbox else None
-    records = []
-    for j, (i, img, score) in enumerate(zip(keep_list, image_ids[keep].tolist(), scores[keep].tolist())):
-        r = results[i]
-        d: dict[str, Any] = {"image_id": img, "category_id": int(r["category_id"]), "score": score}
-        if kept_boxes is not None:
-            d["bbox"] = kept_boxes[j]
-        if has_segm:
-            im = img_by_id[img]
-            d["segmentation"] = to_compressed_rle(r["segmentation"], im["height"], im["width"])
-        records.append(d)
+    kept_boxes = boxes[keep] if boxes is not None else None
+    counts = mask_sizes = None
+    if has_segm:
+        mask_sizes = sizes[keep]
+        if len(strings) == n:  # every mask is compressed RLE already
+            counts = list(map(strings.__getitem__, keep.tolist()))
+        else:
+            counts = [
+                to_compressed_rle(seg, h, w)["counts"]
+                for seg, (h, w) in zip(map(segs.__getitem__, keep.tolist()), mask_sizes.tolist())
+            ]
+    del segs, strings
     # area by the LVISResults rule: box area when results carry boxes, else mask area
-    if has_bbox:
-        for d in records:
-            d["area"] = d["bbox"][2] * d["bbox"][3]
-    elif has_segm and records:
-        from pycocotools import mask as mask_utils
-
-        for d in records:  # one at a time: pycocotools' area() of a list overflows past 255 masks
-            d["area"] = float(mask_utils.area(d["segmentation"]))
+    if kept_boxes is not None:
+        areas = kept_boxes[:, 2] * kept_boxes[:, 3]
+    elif counts is not None:  # one at a time: pycocotools' area() of a list overflows past 255 masks
+        areas = np.array(
+            [_mask_area({"size": hw, "counts": c}) for hw, c in zip(mask_sizes.tolist(), counts)], dtype=np.float64
+        )
+    else:
+        areas = np.zeros(len(keep), dtype=np.float64)
     # LVIS keeps only 0 < area < inf (LVIS.get_ann_ids), after the cap.
-    kept = [d for d in records if 0 < d["area"] < math.inf]
-    return Detections(kept, n, num_capped, has_bbox, has_segm, max_dets, len(records) - len(kept))
+    ok = (areas > 0) & (areas < math.inf)
+    if not ok.all():
+        keep, areas = keep[ok], areas[ok]
+        kept_boxes = kept_boxes[ok] if kept_boxes is not None else None
+        if counts is not None:
+            counts = [c for c, good in zip(counts, ok.tolist()) if good]
+            mask_sizes = mask_sizes[ok]
+    return Detections(
+        image_ids[keep], category_ids[keep], scores[keep], areas, kept_boxes,
+        *(pack_counts(counts) if counts is not None else (None, None)), mask_sizes,
+        n, num_capped, max_dets, int((~ok).sum()),
+    )
+
+
+def _image_sizes(img_by_id: dict, image_ids: np.ndarray) -> np.ndarray:
+    """int64 ``[n, 2]``: ``[height, width]`` of the image of each of the ``n`` known ``image_ids``."""
+    ids = np.fromiter(img_by_id, dtype=np.int64, count=len(img_by_id))
+    hw = np.array([[im["height"], im["width"]] for im in img_by_id.values()], dtype=np.int64).reshape(-1, 2)
+    order = np.argsort(ids, kind="stable")
+    return hw[order[np.searchsorted(ids, image_ids, sorter=order)]] if len(ids) else hw[:0]
+
+
+def _cap_per_image(image_ids: np.ndarray, scores: np.ndarray, max_dets: int) -> tuple[np.ndarray, int]:
+    """(indices kept, ordered by image id and score descending; images over the cap).
+
+    At most ``max_dets`` per image, the highest scores, ties in file order (a stable
+    sort, as ``LVISResults.limit_dets_per_image``).
+    """
+    n = len(image_ids)
+    if not n:
+        return np.zeros(0, dtype=np.int64), 0
+    order = np.lexsort((np.arange(n), -scores, image_ids))
+    starts = np.r_[0, np.flatnonzero(np.diff(image_ids[order])) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    return order[rank < max_dets], int((sizes > max_dets).sum())
 
 
 def resolve_max_dets(requested: int | None, gt: Annotations) -> tuple[int, str]:

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from simcal.evaluate.inputs import Detections, GroundTruth
+from simcal.evaluate.detections import Detections
+from simcal.evaluate.inputs import GroundTruth
 
 
 @contextlib.contextmanager
