@@ -205,11 +205,12 @@ def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector
     """The cache is a faithful stand-in for the detector: both heads score val proposals alike.
 
     The two sources draw different proposals (online: 512 fresh RoIs per image, 25 % foreground;
-    cache: at most 8 per GT and 32 background, fixed), so the two heads differ by chance. Tolerance per
-    bin: three standard deviations of the difference of two accuracies over the bin's n val rows,
-    sqrt(2 p (1 - p) / n) at their mean p, and at least 0.15 (the smallest bin holds 50-90 rows: about
-    0.19 there). Two standard deviations failed on one CPU's arithmetic (0.169 on bin 1). At demo scale
-    (1000 steps) the measured gap was under 1 point.
+    cache: at most 8 per GT and 32 background, fixed), so the two heads differ by chance, and after
+    150 steps most of that chance sits in how the classes share the foreground: on one CPU the pooled
+    accuracies agreed within 0.015 (foreground) and 0.004 (background) while single bins (90-113 rows)
+    differed by up to 0.23. So: pooled within 0.05, each bin within 0.3 (a cache whose features do not
+    match its labels scores near chance, 0.08, where the detector's frequent classes score 0.6-0.8).
+    At demo scale (1000 steps) the measured per-bin gap was under 1 point.
     8 classes per batch at twice the default lr: half the online detector passes of the
     default 16 (the test's time), and accuracies as high (fewer steps or rows left them near chance).
     """
@@ -222,12 +223,11 @@ def test_cache_and_online_calibration_agree_per_bin(quick_caches, quick_detector
                 "--eval-cache", quick_caches["val"], "--out", out)
         assert r.returncode == 0, r.stderr
         rows[source] = json.loads((tmp_path / f"{source}.pth.eval.json").read_text())
-    for b in (1, 2, 3, 4):
-        a, o, n = rows["cache"][f"acc_bin{b}"], rows["online"][f"acc_bin{b}"], rows["cache"][f"rows_bin{b}"]
-        p = (a + o) / 2
-        assert n > 0 and abs(a - o) <= max(0.15, 3 * (2 * p * (1 - p) / n) ** 0.5), (b, rows)
     for key in ("fg_acc", "bg_acc"):
-        assert abs(rows["cache"][key] - rows["online"][key]) <= 0.15, (key, rows)
+        assert abs(rows["cache"][key] - rows["online"][key]) <= 0.05, (key, rows)
+    for b in (1, 2, 3, 4):
+        cache, online = rows["cache"][f"acc_bin{b}"], rows["online"][f"acc_bin{b}"]
+        assert rows["cache"][f"rows_bin{b}"] > 0 and abs(cache - online) <= 0.3, (b, rows)
 
 
 def test_batched_sweep_writes_what_the_sequential_one_does(quick_caches, tmp_path, cli):
