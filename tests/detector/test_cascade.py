@@ -149,3 +149,16 @@ def test_refine_gives_the_rois_each_stage_sees_at_test_time(model):
 def test_cascade_refuses_mmdet1_boxes():
     with pytest.raises(ValueError, match="stages' own coders"):
         build("tiny_cascade", C, boxes="mmdet1", resize="mmdet1")
+
+
+@pytest.mark.parametrize("arch,agnostic", [("tiny_cascade", True), ("r50_cascade", False)])
+def test_other_cascade_builds_run(arch, agnostic):
+    """The class-agnostic mask option and the R50-FPN cascade: three stages of the right width, an eval forward."""
+    torch.manual_seed(0)
+    m = build(arch, C, class_agnostic=agnostic, **({"min_size": 128, "max_size": 128} if arch == "r50_cascade" else {}))
+    heads = m.roi_heads.eval()
+    assert heads.num_stages == 3 and heads.stage(2)[0].fc6.in_features == (3136 if arch == "tiny_cascade" else 12544)
+    assert (heads.mask_predictor.mask_fcn_logits.out_channels == 1) == agnostic
+    with torch.no_grad():
+        out = m.eval()(_images(1))[0]
+    assert set(out) == {"boxes", "labels", "scores", "masks"} and len(out["boxes"]) <= heads.detections_per_img
