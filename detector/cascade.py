@@ -83,9 +83,7 @@ class CascadeRoIHeads(LongTailRoIHeads):
         new.later_box_predictors = nn.ModuleList([_fresh_copy(heads.box_predictor) for _ in STAGES[1:]])
         return new
 
-    @property
-    def num_stages(self) -> int:
-        return len(STAGES)
+    num_stages = len(STAGES)
 
     def stage(self, t: int) -> tuple[nn.Module, nn.Module]:
         """Stage ``t``'s (box head, box predictor)."""

@@ -79,8 +79,7 @@ def make_checkpoint(
 def classifier_weights(model: torch.nn.Module, stage: int = 0) -> dict[str, np.ndarray]:
     """The box head's fc6, fc7 and cls_score weights and biases as float32 arrays (what 3fc_ft starts from);
     a cascade's ``stage``."""
-    heads = model.roi_heads
-    box_head, box_predictor = heads.stage(stage) if hasattr(heads, "stage") else (heads.box_head, heads.box_predictor)
+    box_head, box_predictor = model.roi_heads.stage(stage)
     layers = (("fc6", box_head.fc6), ("fc7", box_head.fc7), ("cls_score", box_predictor.cls_score))
     return {f"{name}.{p}": getattr(mod, p).detach().float().cpu().numpy() for name, mod in layers
             for p in ("weight", "bias")}

@@ -99,6 +99,15 @@ class LongTailRoIHeads(RoIHeads):
         new.min_box_size, new.drop_empty, new.convention = min_box_size, drop_empty, convention
         return new
 
+    #: Box stages (a cascade has more: :class:`simcal.detector.cascade.CascadeRoIHeads`).
+    num_stages = 1
+
+    def stage(self, t: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """Stage ``t``'s (box head, box predictor); this model has stage 0 only."""
+        if t != 0:
+            raise IndexError(f"stage {t} of a one-stage RoI head")
+        return self.box_head, self.box_predictor
+
     def rules(self, detections_per_img: Optional[int] = None) -> BoxRules:
         """This model's :class:`BoxRules`, with another cap where given."""
         cap = self.detections_per_img if detections_per_img is None else detections_per_img

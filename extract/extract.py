@@ -348,9 +348,7 @@ def _run(args: argparse.Namespace, rank: int, world: int, local_rank: int, out: 
 def _resolve_stage(args: argparse.Namespace, ck: dict[str, Any], model) -> argparse.Namespace:
     """``--stage`` checked against the detector (a cascade needs one, a Mask R-CNN takes none) and ``--fg-iou``
     defaulted to the stage's IoU threshold (0.5 without a stage)."""
-    from simcal.core.names import CASCADE_OF
-
-    cascade = ck["arch"] in CASCADE_OF
+    cascade = model.roi_heads.num_stages > 1
     if cascade and args.stage is None:
         raise input_error(args.checkpoint, f"is a cascade detector ({ck['arch']}) with "
                           f"{model.roi_heads.num_stages} box stages", "choose the stage to extract with --stage")

@@ -30,15 +30,16 @@ def _load_heads(specs, ck: dict, checkpoint: str, dim: int,
     from simcal.core.manifest import fingerprint
 
     heads, prints = {}, {}
-    stages = {h: t for s in specs for t, h in enumerate(s.stage_heads or []) if h}
+    stages = {}
     for path in sorted({h for s in specs for h in s.head_files()}):
         head, hck = load_head(path)
         check_head_fits(hck, path, ck, checkpoint, dim)
-        if hck.get("stage") is not None and path in stages and hck["stage"] != stages[path]:
-            raise input_error(path, f"was calibrated on stage {hck['stage']}'s cache, and is given for stage "
-                              f"{stages[path]}", "give each stage the head calibrated on its own cache")
-        heads[path] = head.to(device).eval()
+        heads[path], stages[path] = head.to(device).eval(), hck.get("stage")
         prints[path] = fingerprint({"config": hck["config"], "cache": hck["cache_fingerprint"]})
+    for path, t in ((h, t) for s in specs for t, h in enumerate(s.stage_heads or []) if h):
+        if stages[path] is not None and stages[path] != t:
+            raise input_error(path, f"was calibrated on stage {stages[path]}'s cache, and is given for stage {t}",
+                              "give each stage the head calibrated on its own cache")
     return heads, prints
 
 
@@ -89,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     rank, world, local_rank = init_distributed()
     device = resolve_device(args.device, local_rank)
     model, ck = load_checkpoint(args.checkpoint, device)
-    check_stages(specs, getattr(model.roi_heads, "num_stages", 1), ck["arch"], args.checkpoint)
+    check_stages(specs, model.roi_heads.num_stages, ck["arch"], args.checkpoint)
     heads, head_prints = _load_heads(specs, ck, args.checkpoint, model.roi_heads.box_head.fc6.in_features,
                                      device)
     ann_path, image_root = resolve_dataset(args.data, args.split, args.ann, args.images)
