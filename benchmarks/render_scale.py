@@ -273,7 +273,8 @@ def cost_model(by_name: dict[str, dict[str, Any]]) -> list[str]:
     row("`cache verify`, minutes", "G / V / 60", ("G", "V"), lambda gg, vv: gg / vv / 60)
     row("calibration min / 10k steps, CPU, RAM", "10000 / S_ram / 60 (needs G in RAM)", ("S_ram",),
         lambda s: 10000 / s / 60)
-    row("calibration min / 10k steps, CPU, cold disk", "10000 / S_cold / 60 + G / D_seq / 60", ("S_cold", "G", "D_seq"),
+    row("calibration min / 10k steps, CPU, cold disk (at most)", "10000 / S_cold / 60 + G / D_seq / 60",
+        ("S_cold", "G", "D_seq"),
         lambda s, gg, d: 10000 / s / 60 + gg / d / 60)
     row("calibration min / 10k steps, CPU, int8 disk", "10000 / S_int8 / 60", ("S_int8",), lambda s: 10000 / s / 60)
     row("calibration min / 10k steps, GPU, RAM", "10000 / S_gpu / 60 (needs G in RAM)", ("S_gpu",),
@@ -282,9 +283,11 @@ def cost_model(by_name: dict[str, dict[str, Any]]) -> list[str]:
         ("Q", "D_rand", "G", "D_seq"), lambda q, d, gg, ds: 10000 * q / (d * 1e9) / 60 + gg / ds / 60)
     row(f"sweep of {SWEEP_HEADS} heads x 10k steps, CPU, hours", f"{SWEEP_HEADS} x 10000 x H / N / 3600",
         ("H", "N"), lambda h, n: SWEEP_HEADS * 10000 * h / n / 3600)
-    lines += ["", "Notes. `G / D_seq` is the one pass over the cache that calibration makes the first time it reads "
-              "each features shard (its crc32c is checked then; see docs/feature_cache.md); later passes do not "
-              "repeat it. The GPU disk row is a lower bound: the disk's random-read rate for a step's rows, one read "
+    lines += ["", "Notes. `G / D_seq` bounds the checksum reads: calibration reads each features chunk whole the "
+              "first time a batch touches it (its crc32c is checked then; see docs/feature_cache.md), so a run reads "
+              "at most the whole cache once more, and `S_cold` already includes the checks of its own steps: the "
+              "cold-disk rows are upper bounds. "
+              "The GPU disk row is a lower bound: the disk's random-read rate for a step's rows, one read "
               "at a time (the reader asks the kernel for a batch's rows together, which does better). A sweep on "
               "N nodes needs the cache on each node (G GB each).", ""]
     return lines

@@ -2,9 +2,10 @@
 
 Released-code optimisation (docs/design.md §5): plain SGD, lr 0.01, no momentum, no
 weight decay, lr x0.1 and x0.01 late in training; cross-entropy over C+1 classes
-(paper Eq. 1) or one of the shared long-tail losses. Store reads run in a background
-thread where a core is free for it (``FeatureReader.prefetch``); the same seed gives the
-same head either way.
+(paper Eq. 1) or one of the shared long-tail losses. Batches are drawn ``LOOKAHEAD`` steps
+before they are read and the reader is told their rows then, so a cold store's reads
+overlap the steps between; store reads also run in a background thread where a core is
+free for it (``FeatureReader.prefetch``). The same seed gives the same head either way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -164,18 +166,30 @@ def head_loss(cache, cfg: CalibConfig):
 
 #: What fixes a run's batch stream besides the cache: the sampler and its arguments.
 STREAM_FIELDS = ("sampler", "seed", "classes_per_batch", "images_per_class", "bg_ratio", "batch_rows")
+#: Batches drawn ahead of the one read: the reader is asked for their rows (``will_need``) while the steps
+#: before them compute, so reads from a cold store overlap training without a thread.
+LOOKAHEAD = 2
 
 
 def batch_stream(cfg: CalibConfig, index, reader) -> Callable[[], tuple[int, torch.Tensor, torch.Tensor]]:
-    """``produce() -> (rows, (B, D) features, (B,) labels)``: the configuration's batches, one per call."""
+    """``produce() -> (rows, (B, D) features, (B,) labels)``: the configuration's batches, one per call.
+
+    Batches are drawn ``LOOKAHEAD`` calls ahead: the same batches in the same order, read a little later.
+    """
     from simcal.calibrate.samplers import build_sampler
 
     sampler = build_sampler(cfg.sampler, index, **{k: getattr(cfg, k) for k in STREAM_FIELDS[1:]})
+    hint = getattr(reader, "will_need", None)
+    drawn: deque = deque()
 
     def produce():
-        b = sampler.sample()
-        x, y = reader.read(b.rows)
-        return len(b.rows), x, y
+        while len(drawn) <= LOOKAHEAD:
+            drawn.append(sampler.sample().rows)
+            if hint is not None:
+                hint(drawn[-1])
+        rows = drawn.popleft()
+        x, y = reader.read(rows)
+        return len(rows), x, y
 
     return produce
 

@@ -10,8 +10,8 @@ always damage. Readers then check at three depths:
 - **open** (:meth:`~simcal.extract.schema.Cache` with a complete cache): every recorded
   file exists with its recorded size (one ``stat`` each);
 - **touch**: calibration checks the crc32c of the small arrays it loads and of each
-  features shard the first time it reads from it (``ShardRowReader``), or of all shards
-  before a preload;
+  features chunk the first time it reads from it (each inner chunk carries its crc32c:
+  ``ShardRowReader``), or of all shards before a preload;
 - **verify** (``simcal cache verify``): every file's crc32c, then the values.
 
 An h5 export is one file: its record is a crc32c of each dataset's bytes (``arrays``).

@@ -98,6 +98,11 @@ class FeatureReader:
                 self.store_rows = None
         return np.asarray(self.features.get_orthogonal_selection((rows, slice(None))))  # each chunk read once
 
+    def will_need(self, rows: np.ndarray) -> None:
+        """Start reading the store's bytes of ascending ``rows`` a later :meth:`read` takes (no-op in memory)."""
+        if self.store_rows is not None and hasattr(self.store_rows, "will_need"):
+            self.store_rows.will_need(rows)
+
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) features (``dtype``) and (B,) int64 labels of ascending ``rows``, on the device."""
         idx = torch.from_numpy(rows)

@@ -49,7 +49,8 @@ import numpy as np
 
 from simcal.core.errors import input_error
 
-SCHEMA_VERSION = 2  # 2: every file's crc32c in attrs['integrity'] (extract/integrity.py)
+#: 2: every file's crc32c in attrs['integrity'] (extract/integrity.py); 3: a crc32c after each features chunk
+SCHEMA_VERSION = 3
 
 #: name -> (dtype, trailing shape) for row arrays; ``D`` is filled in per cache.
 ROW_ARRAYS: dict[str, tuple[str, tuple]] = {

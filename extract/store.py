@@ -218,7 +218,9 @@ def consolidate(
             kw: dict[str, Any] = {"chunks": (rows, *shape_tail)}
             if name == "features":  # the only large array: shards keep the file count low
                 kw["shards"] = (rows * CHUNKS_PER_SHARD, *shape_tail)
-                kw["compressors"] = None  # fp16 activations barely compress; reads stay plain copies
+                # fp16 activations barely compress: plain bytes, each inner chunk followed by its crc32c, so a
+                # reader checks just the chunks it touches (extract/mapped_rows.py), as zarr does
+                kw["compressors"] = [zarr.codecs.Crc32cCodec()]
             # every chunk stored, even all-zero ones: a missing file is then always damage (extract/integrity.py)
             arr = root.create_array(name, shape=(R, *shape_tail), dtype=dt, fill_value=0,
                                     config={"write_empty_chunks": True}, **kw)

@@ -127,6 +127,31 @@ def test_store_reads_and_the_prefetch_thread_train_the_same_head(train_cache, in
             assert torch.equal(v, head.state_dict()[k]), (threaded, k)
 
 
+def test_the_stream_asks_for_each_batch_lookahead_steps_before_reading_it(train_cache, index):
+    """batch_stream draws LOOKAHEAD batches ahead and hints their rows; the batches are the sampler's, in order."""
+    from simcal.calibrate.samplers import build_sampler
+    from simcal.calibrate.trainer import LOOKAHEAD, STREAM_FIELDS, batch_stream
+    from simcal.extract.reader import FeatureReader
+
+    assert LOOKAHEAD >= 1
+    cfg = CalibConfig(head="3fc_ft", steps=8, seed=3)
+    store = FeatureReader(train_cache, "none")
+    calls = []
+    hinted, read = store.will_need, store.read
+    store.will_need = lambda rows: calls.append(("hint", rows.tobytes())) or hinted(rows)
+    store.read = lambda rows: calls.append(("read", rows.tobytes())) or read(rows)
+    produce = batch_stream(cfg, index, store)
+    got = [produce() for _ in range(6)]
+    sampler = build_sampler(cfg.sampler, index, **{k: getattr(cfg, k) for k in STREAM_FIELDS[1:]})
+    want = [sampler.sample().rows for _ in range(6 + LOOKAHEAD)]
+    assert [c for c in calls if c[0] == "read"] == [("read", w.tobytes()) for w in want[:6]]
+    for k in range(6):  # batch k + LOOKAHEAD was hinted before batch k was read
+        assert calls.index(("hint", want[k + LOOKAHEAD].tobytes())) < calls.index(("read", want[k].tobytes()))
+    ram = FeatureReader(train_cache, "ram")
+    for (n, x, y), w in zip(got, want):
+        assert n == len(w) and torch.equal(x, ram.read(w)[0]) and torch.equal(y, ram.read(w)[1])
+
+
 def test_amp_reads_what_autocast_would_cast_and_trains_close_to_fp32(train_cache, index):
     """--amp: the bfloat16 preload is exactly autocast's cast of the float32 features; the head ends near fp32's."""
     from simcal.extract.reader import FeatureReader

@@ -1,4 +1,4 @@
-"""Sub-chunk row reads from sharded zarr arrays equal zarr's own reads, byte for byte."""
+"""Sub-chunk row reads from sharded zarr arrays equal zarr's own reads, byte for byte, and check what they touch."""
 
 import os
 
@@ -11,8 +11,10 @@ from simcal.core.errors import InputError
 from simcal.extract.mapped_rows import H5RowReader, ShardRowReader, UnsupportedLayout
 from simcal.extract.reader import FeatureReader
 
+CHECKED = zarr.codecs.Crc32cCodec()  # what extract/store.py writes: each inner chunk followed by its crc32c
 
-def _array(path, compressors=None, rows=130, written=100, dtype="float16"):
+
+def _array(path, compressors=CHECKED, rows=130, written=100, dtype="float16"):
     """Chunks of 7 rows, shards of 4 chunks (28 rows): the last shard is partial; rows past
     ``written`` are never written, so shard 3 has empty inner chunks and shard 4 no file."""
     a = zarr.create_array(str(path), shape=(rows, 5), chunks=(7, 5), shards=(28, 5), dtype=dtype, fill_value=0,
@@ -42,6 +44,9 @@ def test_other_layouts_are_left_to_zarr(tmp_path):
     a = _array(tmp_path / "gz.zarr", compressors=zarr.codecs.GzipCodec())
     with pytest.raises(UnsupportedLayout, match="compressed"):
         ShardRowReader(a)
+    unchecked = _array(tmp_path / "bytes.zarr", compressors=None)
+    with pytest.raises(UnsupportedLayout, match="unchecked"):
+        ShardRowReader(unchecked)
     plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(10, 5), chunks=(7, 5), dtype="float16")
     with pytest.raises(UnsupportedLayout, match="sharding"):
         ShardRowReader(plain)
@@ -59,13 +64,13 @@ class _Unrecorded(dict):
 
 def test_feature_reader_store_reads_equal_memory_reads(tmp_path):
     """A cache-shaped group: preload none (shard reads), and a compressed one (zarr reads), equal to RAM."""
-    for name, comp in (("shard", None), ("gzip", zarr.codecs.GzipCodec())):
+    for name, comp in (("shard", CHECKED), ("gzip", zarr.codecs.GzipCodec())):
         g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
         feats = _array(tmp_path / f"{name}.zarr" / "features", compressors=comp, rows=100)
         g.create_array("labels", data=np.arange(100, dtype=np.int16) % 3)
         cache = _Unrecorded({"features": g["features"], "labels": g["labels"]})
         store, ram = FeatureReader(cache, "none"), FeatureReader(cache, "ram", dtype=torch.bfloat16)
-        assert (store.store_rows is not None) == (comp is None)
+        assert (store.store_rows is not None) == (comp is CHECKED)
         rows = np.array([0, 5, 6, 7, 30, 31, 77, 99])
         x, y = store.read(rows)
         assert torch.equal(x, torch.from_numpy(np.asarray(feats[:][rows]).astype(np.float32)))
@@ -117,9 +122,9 @@ def _rewrite_shard(path, order, gap):
     open(path, "wb").write(body + idx + np.uint32(google_crc32c.value(idx)).astype("<u4").tobytes())
 
 
-def test_out_of_order_chunks_are_mapped_and_unaligned_ones_fall_back_to_zarr(tmp_path):
+def test_out_of_order_and_unaligned_chunks_are_mapped(tmp_path):
     rows = np.array([0, 29, 40, 50, 60, 100])
-    for name, gap in (("permuted", 0), ("unaligned", 2)):
+    for name, gap in (("permuted", 0), ("after-2-bytes", 2), ("after-3-bytes", 3)):
         g = zarr.open_group(str(tmp_path / name), mode="w")
         a = _array(tmp_path / name / "features", rows=112, written=112)
         g.create_array("labels", data=np.zeros(112, np.int16))
@@ -127,11 +132,11 @@ def test_out_of_order_chunks_are_mapped_and_unaligned_ones_fall_back_to_zarr(tmp
         want = a.get_orthogonal_selection((rows, slice(None)))
         reader = FeatureReader(_Unrecorded({"features": g["features"], "labels": g["labels"]}), "none")
         assert torch.equal(reader.read(rows)[0], torch.from_numpy(want.astype(np.float32))), name
-        assert (reader.store_rows is not None) == (gap == 0), name  # unaligned: zarr reads it from then on
+        assert reader.store_rows is not None, name  # still the mapped reader
 
 
 def test_a_big_endian_index_is_left_to_zarr(tmp_path):
-    codec = zarr.codecs.ShardingCodec(chunk_shape=(7, 5), codecs=[zarr.codecs.BytesCodec()],
+    codec = zarr.codecs.ShardingCodec(chunk_shape=(7, 5), codecs=[zarr.codecs.BytesCodec(), CHECKED],
                                       index_codecs=[zarr.codecs.BytesCodec(endian="big"), zarr.codecs.Crc32cCodec()])
     a = zarr.create_array(str(tmp_path / "b.zarr"), shape=(30, 5), chunks=(28, 5), dtype="float16",
                           compressors=None, serializer=codec)
@@ -166,20 +171,49 @@ def test_one_reader_serves_two_threads(tmp_path, monkeypatch):
     assert errors == []
 
 
-def test_each_shard_is_checked_once_however_often_it_is_mapped(tmp_path, monkeypatch):
-    """With more shards than stay mapped, a shard mapped again is not read whole again for its crc32c."""
+def _flip_chunk_byte(path, shard, chunk, at):
+    """Invert byte ``at`` of inner chunk ``chunk``'s data in a shard file (a bad disk: the index still holds)."""
+    raw = open(path / "c" / str(shard) / "0", "rb").read()
+    offset = int(np.frombuffer(raw[-4 * 16 - 4 : -4], "<u8").reshape(-1, 2)[chunk, 0])
+    with open(path / "c" / str(shard) / "0", "r+b") as f:
+        f.seek(offset + at)
+        f.write(bytes([raw[offset + at] ^ 0xFF]))
+
+
+def test_a_damaged_chunk_is_refused_when_touched_and_only_then(tmp_path):
+    a = _array(tmp_path / "a.zarr", rows=112, written=112)
+    want = a[:]
+    _flip_chunk_byte(tmp_path / "a.zarr", shard=1, chunk=2, at=13)  # rows 42..48
+    r = ShardRowReader(a)
+    ok = np.array([0, 28, 41, 49, 55])  # the damaged chunk's shard, not the chunk
+    assert np.array_equal(r.read(ok).view(np.uint16), want[ok].view(np.uint16))
+    r.will_need(np.array([41, 42]))  # a hint reads nothing into the result and checks nothing
+    with pytest.raises(InputError, match=r"c/1/0: inner chunk 2 \(rows 42..48\) does not match its crc32c \(damaged\)"):
+        r.read(np.array([41, 45]))
+    with pytest.raises(ValueError, match="checksum"):  # zarr's own read refuses it too
+        a[45]
+
+
+def test_each_chunk_is_checked_once_however_often_its_shard_is_mapped(tmp_path, monkeypatch):
+    """With more shards than stay mapped, a chunk read again is not checked again."""
     import simcal.extract.mapped_rows as mapped
-    from simcal.extract.integrity import file_crc
 
     monkeypatch.setattr(mapped, "MAX_OPEN_FILES", 1)  # every shard change maps anew
     a = _array(tmp_path / "a.zarr", rows=112, written=112)
-    root = tmp_path / "a.zarr"
-    record = {f"c/{s}/0": (os.path.getsize(root / "c" / str(s) / "0"), file_crc(root / "c" / str(s) / "0"))
-              for s in range(4)}
-    checked = []
-    monkeypatch.setattr(mapped, "file_crc", lambda p: checked.append(p) or file_crc(p))
-    r = ShardRowReader(a, lambda rel: record.get(rel.split("/", 1)[1] if "/" in rel else rel))
+    checked, verify = [], mapped.ShardRowReader._verify
+    monkeypatch.setattr(mapped.ShardRowReader, "_verify", lambda self, c, *x: checked.append(c) or verify(self, c, *x))
+    r = ShardRowReader(a)
     for _ in range(5):
         assert np.array_equal(r.read(np.array([1, 30, 60, 90])).view(np.uint16),
                               a[:][[1, 30, 60, 90]].view(np.uint16))
-    assert sorted(p.parent.name for p in checked) == ["0", "1", "2", "3"]  # four shards, each checked once
+    assert checked == [0, 4, 8, 12]  # the four chunks touched, each once (7 rows a chunk)
+
+
+def test_a_resized_shard_is_refused_when_mapped(tmp_path):
+    a = _array(tmp_path / "a.zarr", rows=112, written=112)
+    shard = tmp_path / "a.zarr" / "c" / "1" / "0"
+    size = os.path.getsize(shard)
+    r = ShardRowReader(a, lambda rel: (size + 1, 0) if rel.endswith("c/1/0") else None)
+    assert r.read(np.array([3])).shape == (1, 5)
+    with pytest.raises(InputError, match=rf"c/1/0: has {size} bytes, {size + 1} were written at extraction"):
+        r.read(np.array([30]))
