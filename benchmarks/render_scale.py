@@ -71,6 +71,7 @@ int8, a 6-head sweep with `--eval-cache`, the sampler; and reads this disk's own
 the second four times the first and larger than memory, show whether memory grows with the cache.
 `benchmarks/eval_speed.py --lvis-scale` evaluates an LVIS v0.5-val-shaped case (5,000 images, 1,230
 categories, 300 detections per image, boxes and masks) with `simcal evaluate` and the `lvis` reference.
+What these runs broke, and how it was fixed: [scale_fixes.md](scale_fixes.md).
 
 The full runs, `make bench-scale` (each one's wall time is in its section below; about 30 GB of free disk
 at a time; the 28 GB size is above that machine's 24 GB of RAM):
