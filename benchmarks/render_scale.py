@@ -277,7 +277,8 @@ def cost_model(by_name: dict[str, dict[str, Any]]) -> list[str]:
     row("calibration min / 10k steps, CPU, cold disk (at most)", "10000 / S_cold / 60 + G / D_seq / 60",
         ("S_cold", "G", "D_seq"),
         lambda s, gg, d: 10000 / s / 60 + gg / d / 60)
-    row("calibration min / 10k steps, CPU, int8 disk", "10000 / S_int8 / 60", ("S_int8",), lambda s: 10000 / s / 60)
+    row("calibration min / 10k steps, CPU, int8 disk (at most)", "10000 / S_int8 / 60 + R x B_row8 / 1e9 / D_seq / 60",
+        ("S_int8", "R", "B_row8", "D_seq"), lambda s, r, b, d: 10000 / s / 60 + r * b / 1e9 / d / 60)
     row("calibration min / 10k steps, GPU, RAM", "10000 / S_gpu / 60 (needs G in RAM)", ("S_gpu",),
         lambda s: 10000 / s / 60)
     row("calibration min / 10k steps, GPU, disk (at least)", "10000 x Q / (D_rand x 1e9) / 60 + G / D_seq / 60",
