@@ -66,6 +66,9 @@ class MemoryReader:
         self.labels = torch.from_numpy(cache.labels)
         self.device = torch.device(device)
 
+    def will_need(self, rows: np.ndarray) -> None:
+        """In memory already: nothing to ask the disk for (FeatureReader's interface)."""
+
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(rows)
         return self.memory[idx.to(self.device)], self.labels[idx].to(self.device)

@@ -179,14 +179,12 @@ def batch_stream(cfg: CalibConfig, index, reader) -> Callable[[], tuple[int, tor
     from simcal.calibrate.samplers import build_sampler
 
     sampler = build_sampler(cfg.sampler, index, **{k: getattr(cfg, k) for k in STREAM_FIELDS[1:]})
-    hint = getattr(reader, "will_need", None)
     drawn: deque = deque()
 
     def produce():
         while len(drawn) <= LOOKAHEAD:
             drawn.append(sampler.sample().rows)
-            if hint is not None:
-                hint(drawn[-1])
+            reader.will_need(drawn[-1])
         rows = drawn.popleft()
         x, y = reader.read(rows)
         return len(rows), x, y

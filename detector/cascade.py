@@ -103,9 +103,7 @@ class CascadeRoIHeads(LongTailRoIHeads):
     def refine(self, t: int, features, rois: list[Tensor], image_shapes) -> list[Tensor]:
         """Stages 0..t-1 applied in turn to ``rois``: the RoIs stage ``t`` sees at test time (clipped)."""
         for s in range(t):
-            _, _, boxes = self.run_stage(s, features, rois, image_shapes)
-            rois = [box_ops.clip_boxes_to_image(b, shape)
-                    for b, shape in zip(boxes.split([len(r) for r in rois]), image_shapes)]
+            rois = _next_rois(self.run_stage(s, features, rois, image_shapes)[2], rois, image_shapes)
         return rois
 
     # ---------------------------------------------------------------- training
@@ -142,8 +140,7 @@ class CascadeRoIHeads(LongTailRoIHeads):
             if t < len(STAGES) - 1:
                 with torch.no_grad():
                     boxes = self.stage_coders[t].decode(deltas[:, :4], rois_t).reshape(-1, 4)
-                    rois = [box_ops.clip_boxes_to_image(b[~g], shape) for b, g, shape
-                            in zip(boxes.split([len(r) for r in rois_t]), is_gt, image_shapes)]
+                    rois = [r[~g] for r, g in zip(_next_rois(boxes, rois_t, image_shapes), is_gt)]
         if self.has_mask():
             pos = [torch.where(lab > 0)[0] for lab in labels]
             mask_rois = [r[p] for r, p in zip(rois_t, pos)]
@@ -165,8 +162,7 @@ class CascadeRoIHeads(LongTailRoIHeads):
         for t in range(self.num_stages):
             tap, lg, boxes = self.run_stage(t, features, rois, image_shapes)
             taps.append(tap), logits.append(lg)
-            rois = [box_ops.clip_boxes_to_image(b, shape)
-                    for b, shape in zip(boxes.split([len(r) for r in rois]), image_shapes)]
+            rois = _next_rois(boxes, rois, image_shapes)
         return torch.stack(logits), torch.stack(taps), boxes
 
     @torch.no_grad()
@@ -183,6 +179,12 @@ class CascadeRoIHeads(LongTailRoIHeads):
             scores = torch.softmax(logits.mean(0), -1) if score_fn is None else score_fn(logits, taps)
             out.append(self.detect(features, boxes, scores.split(per_image, 0), image_shapes, cap))
         return out
+
+
+def _next_rois(boxes: Tensor, rois: list[Tensor], image_shapes) -> list[Tensor]:
+    """A stage's ``(R, 4)`` regressed boxes of ``rois`` -> the next stage's RoIs: per image, clipped to it."""
+    per_image = boxes.split([len(r) for r in rois])
+    return [box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(per_image, image_shapes)]
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:

@@ -266,5 +266,8 @@ class H5RowReader:
         except (ValueError, OSError) as e:  # e.g. a truncated file: h5py reports it better
             raise UnsupportedLayout(f"cannot map the dataset ({e})")
 
+    def will_need(self, rows: np.ndarray) -> None:
+        """No read-ahead request: the page faults of :meth:`read` fetch the rows (ShardRowReader's interface)."""
+
     def read(self, rows: np.ndarray) -> np.ndarray:
         return np.take(self.rows, _check_rows(rows, len(self.rows)), axis=0)

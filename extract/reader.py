@@ -100,7 +100,7 @@ class FeatureReader:
 
     def will_need(self, rows: np.ndarray) -> None:
         """Start reading the store's bytes of ascending ``rows`` a later :meth:`read` takes (no-op in memory)."""
-        if self.store_rows is not None and hasattr(self.store_rows, "will_need"):
+        if self.store_rows is not None:
             self.store_rows.will_need(rows)
 
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
